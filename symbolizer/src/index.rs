@@ -1,0 +1,117 @@
+//! Sorted address index over symbols, shared by the ELF and kallsyms inputs.
+//!
+//! Alias rule (several symbols at one address): the same preference `perf` uses, so
+//! names agree with the tools people already read. In order, the winner is the one that
+//! is (1) a function rather than data/untyped, (2) sized rather than unsized,
+//! (3) global, then weak, then local, (4) has fewer leading underscores,
+//! (5) has the longer name, (6) comes first in the input.
+
+/// Binding rank: lower wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Binding {
+    Global = 0,
+    Weak = 1,
+    Local = 2,
+}
+
+/// A symbol as read from the input, before aliases are resolved.
+#[derive(Clone, Debug)]
+pub struct RawSymbol {
+    pub addr: u64,
+    /// 0 = unknown; inferred from the next symbol.
+    pub size: u64,
+    pub name: String,
+    pub is_function: bool,
+    pub binding: Binding,
+    /// Symbols of different groups (kallsyms module, ELF section) never bound each other.
+    pub group: u32,
+    /// Where a group ends, when known (ELF section end); unsized symbols stop there.
+    pub group_end: Option<u64>,
+}
+
+/// Total order implementing the alias rule; the least element wins.
+pub fn alias_key(s: &RawSymbol, input_order: usize) -> impl Ord + use<> {
+    let underscores = s.name.bytes().take_while(|&b| b == b'_').count();
+    (
+        !s.is_function,
+        s.size == 0,
+        s.binding,
+        underscores,
+        std::cmp::Reverse(s.name.len()),
+        input_order,
+    )
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub start: u64,
+    /// Exclusive.
+    pub end: u64,
+    pub name: Box<str>,
+}
+
+/// Unsized symbol that ends a group (last of its module): how far it may reach.
+/// A page keeps a stray RIP just past a module's last function from being claimed
+/// by it across the whole vmalloc gap to the next module.
+const LAST_IN_GROUP_REACH: u64 = 4096;
+
+pub struct SymbolIndex {
+    entries: Vec<Entry>,
+}
+
+impl SymbolIndex {
+    pub fn build(raw: Vec<RawSymbol>) -> SymbolIndex {
+        let mut raw: Vec<(usize, RawSymbol)> = raw.into_iter().enumerate().collect();
+        raw.sort_by(|(ia, a), (ib, b)| {
+            (a.group, a.addr)
+                .cmp(&(b.group, b.addr))
+                .then_with(|| alias_key(a, *ia).cmp(&alias_key(b, *ib)))
+        });
+        raw.dedup_by(|later, first| later.1.group == first.1.group && later.1.addr == first.1.addr);
+
+        let mut entries = Vec::with_capacity(raw.len());
+        for (i, (_, s)) in raw.iter().enumerate() {
+            let next = raw
+                .get(i + 1)
+                .filter(|(_, n)| n.group == s.group)
+                .map(|(_, n)| n.addr);
+            let end = if s.size > 0 {
+                s.addr.saturating_add(s.size)
+            } else {
+                match (next, s.group_end) {
+                    (Some(n), Some(g)) => n.min(g),
+                    (Some(n), None) => n,
+                    (None, Some(g)) => g,
+                    (None, None) => {
+                        let page_end = (s.addr | (LAST_IN_GROUP_REACH - 1)).saturating_add(1);
+                        page_end.max(s.addr.saturating_add(1))
+                    }
+                }
+            };
+            let end = end.max(s.addr.saturating_add(1));
+            entries.push(Entry { start: s.addr, end, name: s.name.clone().into_boxed_str() });
+        }
+        // Groups interleave in address space only by accident (module symbols lie apart
+        // from the core kernel); a global sort makes lookups one binary search.
+        entries.sort_by_key(|e| e.start);
+        SymbolIndex { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The symbol whose [start, end) holds `addr`. When sized symbols nest or overlap,
+    /// the one starting closest below `addr` that still covers it wins.
+    pub fn lookup(&self, addr: u64) -> Option<&Entry> {
+        let idx = self.entries.partition_point(|e| e.start <= addr);
+        // Overlaps are rare; a short walk back finds an enclosing symbol if the nearest doesn't cover.
+        self.entries[..idx].iter().rev().take(8).find(|e| addr < e.end)
+    }
+
+    /// The symbol starting at or below `addr`, covering it or not.
+    pub fn floor(&self, addr: u64) -> Option<&Entry> {
+        let idx = self.entries.partition_point(|e| e.start <= addr);
+        idx.checked_sub(1).map(|i| &self.entries[i])
+    }
+}

@@ -1,0 +1,273 @@
+//! Guest RIP → function, offset, file:line and inlined frames, from a guest `vmlinux`
+//! (ELF + DWARF) or a kallsyms text file.
+//!
+//! Answers follow binutils `addr2line -f -i -C`:
+//! - frames are innermost first; the last frame is the real (non-inlined) function;
+//! - function names come from DWARF when it covers the address (so a GCC clone such as
+//!   `foo.constprop.0` is reported as `foo`, as addr2line does), else from the symbol table;
+//! - file is the full path DWARF gives; an unknown line is `None` (addr2line prints `?`).
+//!
+//! Differences from binutils, on purpose:
+//! - no `(discriminator N)` suffix: a discriminator is not part of file:line;
+//! - `offset`: the real function's frame has `addr - symbol start`; inlined frames carry
+//!   the same offset, since an inlined body has no symbol of its own (binutils prints no
+//!   offsets at all; kernel backtraces print none for inlined frames).
+//!
+//! Lookups go through a sorted symbol index and a per-address result cache.
+
+mod elf;
+mod error;
+mod index;
+mod kallsyms;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use error::SymbolizeError;
+use index::{Entry, SymbolIndex};
+
+/// One frame of an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Demangled; `??` only when DWARF has a line but no function and no symbol covers it.
+    pub function: String,
+    pub offset: u64,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// True for every frame but the last (the real function).
+    pub inlined: bool,
+}
+
+/// Past this many cached addresses the cache starts over, so a pathological stream of
+/// distinct addresses cannot grow memory without bound.
+const CACHE_CAP: usize = 4 << 20;
+
+type Answer = Result<Arc<[Frame]>, ()>;
+
+pub struct Symbolizer {
+    index: SymbolIndex,
+    /// `addr2line::Loader` is not `Sync` (lazy cells); the mutex makes `Symbolizer` shareable.
+    dwarf: Option<Mutex<addr2line::Loader>>,
+    slide: i64,
+    cache: Mutex<HashMap<u64, Answer, BuildU64Hasher>>,
+    warnings: Vec<String>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Symbolizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbolizer")
+            .field("path", &self.path)
+            .field("symbols", &self.index.len())
+            .field("dwarf", &self.dwarf.is_some())
+            .field("slide", &self.slide)
+            .finish()
+    }
+}
+
+impl Symbolizer {
+    pub fn from_elf(path: &Path) -> Result<Symbolizer, SymbolizeError> {
+        let input = elf::load(path)?;
+        Ok(Symbolizer::new(
+            SymbolIndex::build(input.symbols),
+            input.dwarf,
+            input.warnings,
+            path,
+        ))
+    }
+
+    pub fn from_kallsyms(path: &Path) -> Result<Symbolizer, SymbolizeError> {
+        let text = read(path)?;
+        Symbolizer::from_kallsyms_bytes(&text, path)
+    }
+
+    /// Parses kallsyms text already in memory; `path` only names it in messages.
+    pub fn from_kallsyms_bytes(text: &[u8], path: &Path) -> Result<Symbolizer, SymbolizeError> {
+        let syms = kallsyms::parse(text, path)?;
+        Ok(Symbolizer::new(SymbolIndex::build(syms), None, Vec::new(), path))
+    }
+
+    fn new(
+        index: SymbolIndex,
+        dwarf: Option<addr2line::Loader>,
+        warnings: Vec<String>,
+        path: &Path,
+    ) -> Symbolizer {
+        Symbolizer {
+            index,
+            dwarf: dwarf.map(Mutex::new),
+            slide: 0,
+            cache: Mutex::new(HashMap::default()),
+            warnings,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Runtime address = link address + slide; lookups subtract it.
+    pub fn set_kaslr_offset(&mut self, slide: i64) {
+        self.slide = slide;
+        self.cache.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn kaslr_offset(&self) -> i64 {
+        self.slide
+    }
+
+    /// Frames innermost first. An address outside every symbol (and outside DWARF) is
+    /// `Err(SymbolizeError::NotFound { addr })`, with `addr` as given (runtime).
+    pub fn symbolize(&self, addr: u64) -> Result<Arc<[Frame]>, SymbolizeError> {
+        if let Some(hit) = self.lock_cache().get(&addr) {
+            return hit.clone().map_err(|()| SymbolizeError::NotFound { addr });
+        }
+        let answer = self.resolve(addr.wrapping_sub(self.slide as u64));
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert(addr, answer.clone());
+        answer.map_err(|()| SymbolizeError::NotFound { addr })
+    }
+
+    /// Outermost (non-inlined) function name, for tables.
+    pub fn function_name(&self, addr: u64) -> Option<String> {
+        self.symbolize(addr).ok().and_then(|f| f.last().map(|f| f.function.clone()))
+    }
+
+    /// Human notes such as "no DWARF in X: answers come from the symbol table only".
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn has_dwarf(&self) -> bool {
+        self.dwarf.is_some()
+    }
+
+    /// Number of distinct symbols (after alias resolution) in the index.
+    pub fn symbol_count(&self) -> usize {
+        self.index.len()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Answer, BuildU64Hasher>> {
+        // A panic elsewhere while holding the lock leaves a valid map; keep using it.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `link` is the link-time (ELF) address.
+    fn resolve(&self, link: u64) -> Answer {
+        let sym: Option<&Entry> = self.index.lookup(link);
+        let mut frames = self.dwarf_frames(link);
+        if frames.is_empty() {
+            let sym = sym.ok_or(())?;
+            return Ok(Arc::from([Frame {
+                function: sym.name.to_string(),
+                offset: link - sym.start,
+                file: None,
+                line: None,
+                inlined: false,
+            }]));
+        }
+        // DWARF knows the address; the offset is still counted from the symbol (the
+        // covering one, else the nearest below) because that is what `func+0xOFF` means.
+        let base = sym.or_else(|| self.index.floor(link));
+        let offset = base.map_or(0, |s| link - s.start);
+        let n = frames.len();
+        for (i, f) in frames.iter_mut().enumerate() {
+            f.offset = offset;
+            f.inlined = i + 1 < n;
+        }
+        if let Some(outer) = frames.last_mut() {
+            if outer.function.is_empty() {
+                outer.function = sym.map_or_else(|| "??".to_string(), |s| s.name.to_string());
+            }
+        }
+        for f in frames.iter_mut() {
+            if f.function.is_empty() {
+                f.function = "??".to_string();
+            }
+        }
+        Ok(frames.into())
+    }
+
+    /// Empty when DWARF is absent, does not cover `link`, or is unreadable there
+    /// (a malformed unit degrades to the symbol table rather than failing the lookup).
+    fn dwarf_frames(&self, link: u64) -> Vec<Frame> {
+        let Some(dwarf) = &self.dwarf else { return Vec::new() };
+        let loader = dwarf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let Ok(mut iter) = loader.find_frames(link) else { return out };
+        while let Ok(Some(frame)) = iter.next() {
+            let function = frame
+                .function
+                .as_ref()
+                .and_then(|f| f.demangle().ok())
+                .map(|n| n.into_owned())
+                .unwrap_or_default();
+            let (file, line) = match &frame.location {
+                Some(loc) => (loc.file.map(str::to_string), loc.line.filter(|&l| l != 0)),
+                None => (None, None),
+            };
+            out.push(Frame { function, offset: 0, file, line, inlined: false });
+        }
+        // A location-only answer (line table, no subprogram) with no symbol either is as
+        // good as nothing for naming; keep it, the caller fills the name from symbols.
+        out
+    }
+}
+
+/// Slide = kallsyms `_text` (or `_stext`) runtime address − the ELF's `_text` link address.
+pub fn kaslr_offset_from_kallsyms(elf_path: &Path, kallsyms_path: &Path) -> Result<i64, SymbolizeError> {
+    let text = read(kallsyms_path)?;
+    let runtime = kallsyms::text_address(&kallsyms::parse(&text, kallsyms_path)?)
+        .ok_or_else(|| SymbolizeError::NoTextSymbol { path: kallsyms_path.to_path_buf() })?;
+    let input = elf::load(elf_path)?;
+    let link = ["_text", "_stext"]
+        .iter()
+        .find_map(|want| input.symbols.iter().find(|s| s.name == *want).map(|s| s.addr))
+        .ok_or_else(|| SymbolizeError::NoTextSymbol { path: elf_path.to_path_buf() })?;
+    Ok(runtime.wrapping_sub(link) as i64)
+}
+
+/// Parses a KASLR slide as given on a command line: hex with or without `0x`, optionally negative.
+pub fn parse_kaslr_offset(s: &str) -> Option<i64> {
+    let (neg, digits) = match s.trim().strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.trim()),
+    };
+    let digits = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")).unwrap_or(digits);
+    let v = u64::from_str_radix(digits, 16).ok()?;
+    Some(if neg { (v as i64).wrapping_neg() } else { v as i64 })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, SymbolizeError> {
+    std::fs::read(path).map_err(|source| SymbolizeError::Io { path: path.to_path_buf(), source })
+}
+
+/// Addresses are already well spread; SipHash would cost more than the rest of a warm lookup.
+#[derive(Default, Clone, Copy)]
+struct BuildU64Hasher;
+#[derive(Default)]
+struct U64Hasher(u64);
+impl std::hash::BuildHasher for BuildU64Hasher {
+    type Hasher = U64Hasher;
+    fn build_hasher(&self) -> U64Hasher {
+        U64Hasher(0)
+    }
+}
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci multiply spreads low-entropy (aligned) addresses over the high bits.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(26)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests;
