@@ -104,7 +104,14 @@ fn collect_symbols<'d, 'f>(
     iter: impl Iterator<Item = object::Symbol<'d, 'f>>,
     syms: &mut Vec<RawSymbol>,
 ) {
+    // binutils names the source file of a symtab-only answer after the STT_FILE symbol
+    // that precedes a local symbol; globals get none.
+    let mut current_file: Option<Box<str>> = None;
     for s in iter {
+        if s.kind() == SymbolKind::File {
+            current_file = s.name().ok().filter(|n| !n.is_empty()).map(Into::into);
+            continue;
+        }
         let SymbolSection::Section(idx) = s.section() else { continue };
         let Ok(section) = obj.section_by_index(idx) else { continue };
         let code = section.kind() == SectionKind::Text;
@@ -134,6 +141,7 @@ fn collect_symbols<'d, 'f>(
             binding,
             group: idx.0 as u32,
             group_end: section.address().checked_add(section.size()),
+            file: if binding == Binding::Local { current_file.clone() } else { None },
         });
     }
 }

@@ -25,8 +25,11 @@ pub struct RawSymbol {
     pub binding: Binding,
     /// Symbols of different groups (kallsyms module, ELF section) never bound each other.
     pub group: u32,
-    /// Where a group ends, when known (ELF section end); unsized symbols stop there.
+    /// Where a group ends, when known (ELF section end).
     pub group_end: Option<u64>,
+    /// ELF only: the `STT_FILE` name before a local symbol (binutils reports it when
+    /// DWARF does not cover the address).
+    pub file: Option<Box<str>>,
 }
 
 /// Total order implementing the alias rule; the least element wins.
@@ -48,6 +51,7 @@ pub struct Entry {
     /// Exclusive.
     pub end: u64,
     pub name: Box<str>,
+    pub file: Option<Box<str>>,
 }
 
 /// Unsized symbol that ends a group (last of its module): how far it may reach.
@@ -75,21 +79,21 @@ impl SymbolIndex {
                 .get(i + 1)
                 .filter(|(_, n)| n.group == s.group)
                 .map(|(_, n)| n.addr);
-            let end = if s.size > 0 {
-                s.addr.saturating_add(s.size)
-            } else {
-                match (next, s.group_end) {
-                    (Some(n), Some(g)) => n.min(g),
-                    (Some(n), None) => n,
-                    (None, Some(g)) => g,
-                    (None, None) => {
-                        let page_end = (s.addr | (LAST_IN_GROUP_REACH - 1)).saturating_add(1);
-                        page_end.max(s.addr.saturating_add(1))
-                    }
-                }
+            // A symbol reaches the next symbol of its group, whatever its size says: that
+            // is what binutils addr2line answers (padding after a function belongs to it).
+            let end = match (next, s.group_end) {
+                (Some(n), _) => n,
+                (None, Some(g)) => g.max(s.addr.saturating_add(s.size)),
+                (None, None) if s.size > 0 => s.addr.saturating_add(s.size),
+                (None, None) => (s.addr | (LAST_IN_GROUP_REACH - 1)).saturating_add(1),
             };
             let end = end.max(s.addr.saturating_add(1));
-            entries.push(Entry { start: s.addr, end, name: s.name.clone().into_boxed_str() });
+            entries.push(Entry {
+                start: s.addr,
+                end,
+                name: s.name.clone().into_boxed_str(),
+                file: s.file.clone(),
+            });
         }
         // Groups interleave in address space only by accident (module symbols lie apart
         // from the core kernel); a global sort makes lookups one binary search.

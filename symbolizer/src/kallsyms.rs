@@ -75,6 +75,7 @@ pub fn parse(text: &[u8], path: &Path) -> Result<Vec<RawSymbol>, SymbolizeError>
             binding,
             group,
             group_end: None,
+            file: None,
         });
     }
     if lines_seen == 0 {

@@ -162,7 +162,7 @@ impl Symbolizer {
             return Ok(Arc::from([Frame {
                 function: sym.name.to_string(),
                 offset: link - sym.start,
-                file: None,
+                file: sym.file.as_deref().map(str::to_string),
                 line: None,
                 inlined: false,
             }]));
