@@ -15,6 +15,7 @@
 //!
 //! Lookups go through a sorted symbol index and a per-address result cache.
 
+mod dwarf;
 mod elf;
 mod error;
 mod index;
@@ -47,8 +48,8 @@ type Answer = Result<Arc<[Frame]>, ()>;
 
 pub struct Symbolizer {
     index: SymbolIndex,
-    /// `addr2line::Loader` is not `Sync` (lazy cells); the mutex makes `Symbolizer` shareable.
-    dwarf: Option<Mutex<addr2line::Loader>>,
+    /// `addr2line::Context` is not `Sync` (lazy cells); the mutex makes `Symbolizer` shareable.
+    dwarf: Option<Mutex<dwarf::Dwarf>>,
     slide: i64,
     cache: Mutex<HashMap<u64, Answer, BuildU64Hasher>>,
     warnings: Vec<String>,
@@ -90,7 +91,7 @@ impl Symbolizer {
 
     fn new(
         index: SymbolIndex,
-        dwarf: Option<addr2line::Loader>,
+        dwarf: Option<dwarf::Dwarf>,
         warnings: Vec<String>,
         path: &Path,
     ) -> Symbolizer {
@@ -189,29 +190,21 @@ impl Symbolizer {
         Ok(frames.into())
     }
 
-    /// Empty when DWARF is absent, does not cover `link`, or is unreadable there
-    /// (a malformed unit degrades to the symbol table rather than failing the lookup).
+    /// Empty when DWARF is absent or does not cover `link`.
     fn dwarf_frames(&self, link: u64) -> Vec<Frame> {
         let Some(dwarf) = &self.dwarf else { return Vec::new() };
-        let loader = dwarf.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
-        let Ok(mut iter) = loader.find_frames(link) else { return out };
-        while let Ok(Some(frame)) = iter.next() {
-            let function = frame
-                .function
-                .as_ref()
-                .and_then(|f| f.demangle().ok())
-                .map(|n| n.into_owned())
-                .unwrap_or_default();
-            let (file, line) = match &frame.location {
-                Some(loc) => (loc.file.map(str::to_string), loc.line.filter(|&l| l != 0)),
-                None => (None, None),
-            };
-            out.push(Frame { function, offset: 0, file, line, inlined: false });
-        }
-        // A location-only answer (line table, no subprogram) with no symbol either is as
-        // good as nothing for naming; keep it, the caller fills the name from symbols.
-        out
+        let dwarf = dwarf.lock().unwrap_or_else(|e| e.into_inner());
+        dwarf
+            .frames(link)
+            .into_iter()
+            .map(|f| Frame {
+                function: f.function.unwrap_or_default(),
+                offset: 0,
+                file: f.file,
+                line: f.line,
+                inlined: false,
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Scale and exactness benchmark against binutils addr2line on a real kernel (not CI).
+# Installs Debian's linux-image-*-cloud-amd64-dbg if needed, samples N addresses
+# uniformly over the vmlinux .text (fixed seed), symbolizes them with the symbolizer
+# (cold then warm) and with `addr2line -a -f -i -C`, compares the answers and prints
+# load time, peak RSS and lookups/s with the ratios.
+# Usage: symbolizer/scripts/bench-vmlinux.sh [VMLINUX] [N]   (N defaults to 100000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${2:-100000}
+VMLINUX=${1:-$(ls /usr/lib/debug/boot/vmlinux-*-cloud-amd64 2>/dev/null | head -1 || true)}
+if [ -z "$VMLINUX" ] || [ ! -f "$VMLINUX" ]; then
+    pkg=$(apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-cloud-amd64-dbg$' | awk '{print $1}' | sort -V | head -1)
+    echo "installing $pkg (about 281 MB download, 1.7 GB installed)" >&2
+    apt-get install -y "$pkg" >&2
+    VMLINUX=$(ls /usr/lib/debug/boot/vmlinux-*-cloud-amd64 | head -1)
+fi
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-sym}
+cargo build -q --release -p symbolizer --example bench-lookup
+BIN=$CARGO_TARGET_DIR/release/examples/bench-lookup
+W=$(mktemp -d /tmp/bench-vmlinux.XXXXXX)
+
+read -r TEXT_START TEXT_SIZE < <(readelf -S -W "$VMLINUX" | sed -E 's/^ *\[ *[0-9]+\] *//' | awk '$1==".text" {print $3, $5}')
+python3 - "$TEXT_START" "$TEXT_SIZE" "$N" > "$W/addrs" <<'PY'
+import random, sys
+start, size, n = int(sys.argv[1], 16), int(sys.argv[2], 16), int(sys.argv[3])
+rng = random.Random(4)
+for _ in range(n):
+    print("0x%x" % (start + rng.randrange(size)))
+PY
+
+echo "vmlinux: $VMLINUX ($(du -h "$VMLINUX" | cut -f1)), $N addresses over .text"
+/usr/bin/time -v "$BIN" "$VMLINUX" "$W/addrs" "$W/ours" > "$W/ours.stats" 2> "$W/ours.time"
+T0=$(date +%s.%N)
+/usr/bin/time -v addr2line -a -f -i -C -e "$VMLINUX" < "$W/addrs" > "$W/binutils.raw" 2> "$W/binutils.time"
+T1=$(date +%s.%N)
+# Our documented difference: no " (discriminator N)".
+sed -E 's/ \(discriminator [0-9]+\)$//' "$W/binutils.raw" > "$W/binutils"
+
+cat "$W/ours.stats"
+rss_ours=$(awk -F': ' '/Maximum resident/ {print $2}' "$W/ours.time")
+rss_bu=$(awk -F': ' '/Maximum resident/ {print $2}' "$W/binutils.time")
+bu_s=$(echo "$T1 - $T0" | bc -l)
+get() { awk -F= -v k="$1" '$1==k {print $2}' "$W/ours.stats"; }
+python3 - "$(get load_s)" "$(get cold_s)" "$(get warm_s)" "$bu_s" "$N" "$rss_ours" "$rss_bu" <<'PY'
+import sys
+load, cold, warm, bu, n, rss_o, rss_b = map(float, sys.argv[1:])
+print(f"symbolizer: load {load:.2f} s, peak RSS {rss_o/1024:.0f} MiB, "
+      f"cold {n/cold:,.0f} lookups/s, warm {n/warm:,.0f} lookups/s")
+print(f"addr2line : whole run {bu:.2f} s = {n/bu:,.0f} lookups/s incl. load, peak RSS {rss_b/1024:.0f} MiB")
+print(f"ratio (addr2line time / ours): load+cold {bu/(load+cold):.1f}x, cold lookups only {bu/cold:.1f}x, warm {bu/warm:.0f}x")
+PY
+if cmp -s "$W/ours" "$W/binutils"; then
+    echo "answers: identical to addr2line for all $N addresses (discriminators stripped)"
+else
+    echo "answers: DIFFER from addr2line; diff -u $W/binutils $W/ours | head"
+    diff "$W/binutils" "$W/ours" | head -40
+    exit 1
+fi
