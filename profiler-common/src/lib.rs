@@ -1,0 +1,312 @@
+//! Shared between kvmprof's eBPF programs and user space: the map key and value layouts, the
+//! streamed record, and the per-thread state machine that turns tracepoint events into exits.
+//!
+//! The state machine lives here, not in the eBPF crate, so the offline importer
+//! (`kvmprof import`) runs the very same code over recorded `kvm_exit`/`kvm_entry` text that the
+//! kernel runs live: that is how the `hw` path is tested on machines without VMX/SVM.
+#![no_std]
+
+/// Number of log2 buckets in the per-exit time histogram. Bucket `i` counts exits that took
+/// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns); the last bucket takes everything longer.
+pub const HIST_BUCKETS: usize = 32;
+
+/// `vcpu` value when the tracepoints do not name the vCPU (the emulated source).
+pub const NO_VCPU: u32 = u32::MAX;
+
+/// `ExitKey::isa`: which table `reason` is a code of.
+pub mod isa {
+    /// `reason` is a `KVM_EXIT_*` code (emulated source, user-space exits).
+    pub const KVM_EXIT: u8 = 0;
+    /// `reason` is a VMX basic exit reason (`kvm_exit` with isa = KVM_ISA_VMX = 1).
+    pub const VMX: u8 = 1;
+    /// `reason` is an SVM exit code (`kvm_exit` with isa = KVM_ISA_SVM = 2).
+    pub const SVM: u8 = 2;
+}
+
+/// `ExitKey::detail_kind`: what `detail` holds.
+pub mod detail {
+    pub const NONE: u8 = 0;
+    pub const PORT_IN: u8 = 1;
+    pub const PORT_OUT: u8 = 2;
+    pub const MMIO_READ: u8 = 3;
+    pub const MMIO_WRITE: u8 = 4;
+
+    pub fn is_port(kind: u8) -> bool {
+        kind == PORT_IN || kind == PORT_OUT
+    }
+    pub fn is_mmio(kind: u8) -> bool {
+        kind == MMIO_READ || kind == MMIO_WRITE
+    }
+}
+
+/// `KVM_EXIT_*` codes the state machine itself needs (uapi/linux/kvm.h).
+pub mod kvm_exit {
+    pub const IO: u32 = 2;
+    pub const MMIO: u32 = 6;
+}
+
+/// `kvm_mmio` tracepoint `type` values (KVM_TRACE_MMIO_*).
+pub mod mmio_type {
+    pub const READ_UNSATISFIED: u32 = 0;
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+}
+
+/// What one exit is aggregated by. Explicit padding keeps the bytes (the hash-map key) defined.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExitKey {
+    /// Linear address of the instruction that exited (CS base + RIP).
+    pub rip: u64,
+    /// Port (for `PORT_*`) or guest-physical address (for `MMIO_*`), else 0.
+    pub detail: u64,
+    /// Process (VMM) and thread (vCPU thread) ids.
+    pub tgid: u32,
+    pub tid: u32,
+    /// `kvm_exit`'s vcpu_id, or [`NO_VCPU`].
+    pub vcpu: u32,
+    /// Exit reason code in the table named by `isa`.
+    pub reason: u32,
+    pub isa: u8,
+    pub detail_kind: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Count, total time and log2 time histogram of the exits with one key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+impl Default for ExitStats {
+    fn default() -> Self {
+        ExitStats { count: 0, total_ns: 0, hist: [0; HIST_BUCKETS] }
+    }
+}
+
+impl ExitStats {
+    pub fn add(&mut self, ns: u64) {
+        self.count += 1;
+        self.total_ns += ns;
+        let b = log2_bucket(ns);
+        // The explicit bound check keeps the eBPF verifier convinced the index is in range.
+        if b < HIST_BUCKETS {
+            self.hist[b] += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &ExitStats) {
+        self.count += other.count;
+        self.total_ns += other.total_ns;
+        let mut i = 0;
+        while i < HIST_BUCKETS {
+            self.hist[i] += other.hist[i];
+            i += 1;
+        }
+    }
+}
+
+/// Histogram bucket for a duration: floor(log2(ns)), capped at the last bucket.
+pub fn log2_bucket(ns: u64) -> usize {
+    if ns < 2 {
+        return 0;
+    }
+    let b = (63 - ns.leading_zeros()) as usize;
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+/// One finished exit as streamed through the ring buffer (`record --records`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub key: ExitKey,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the exit began.
+    pub start_ns: u64,
+    pub duration_ns: u64,
+}
+
+/// An exit that has begun and not yet been charged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingExit {
+    pub key: ExitKey,
+    pub start_ns: u64,
+    /// When the thread re-entered the guest (0 = not seen yet).
+    pub end_ns: u64,
+    pub active: u8,
+    /// The emulated exit has reached user space (`kvm_userspace_exit` seen).
+    pub exited: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Per vCPU-thread state. Events of one thread arrive in order, so no locking is needed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// Linear address of the last instruction the emulator started on this thread.
+    pub last_rip: u64,
+    pub pending: PendingExit,
+}
+
+/// Who ran the event: the VMM process and its vCPU thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Thread {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+impl ThreadState {
+    /// Charges the pending exit, ending it at its recorded re-entry or else at `now`.
+    pub fn take_pending(&mut self, now: u64) -> Option<ExitRecord> {
+        if self.pending.active == 0 {
+            return None;
+        }
+        let p = self.pending;
+        self.pending = PendingExit::default();
+        let end = if p.end_ns != 0 { p.end_ns } else { now };
+        Some(ExitRecord { key: p.key, start_ns: p.start_ns, duration_ns: end.saturating_sub(p.start_ns) })
+    }
+
+    fn begin(&mut self, now: u64, key: ExitKey, exited: bool) {
+        self.pending = PendingExit {
+            key,
+            start_ns: now,
+            end_ns: 0,
+            active: 1,
+            exited: exited as u8,
+            _pad: [0; 6],
+        };
+    }
+
+    // ---- hw source: kvm_exit / kvm_entry ----
+
+    /// `kvm:kvm_exit`. An exit still pending (its entry was lost) is charged up to now.
+    pub fn on_hw_exit(&mut self, now: u64, t: Thread, vcpu: u32, isa: u8, reason: u32, rip: u64) -> Option<ExitRecord> {
+        let done = self.take_pending(now);
+        let key = ExitKey { rip, tgid: t.tgid, tid: t.tid, vcpu, reason, isa, ..ExitKey::default() };
+        self.begin(now, key, true);
+        self.last_rip = rip;
+        done
+    }
+
+    /// `kvm:kvm_entry`: the exit's time is entry − exit on the same thread.
+    pub fn on_hw_entry(&mut self, now: u64) -> Option<ExitRecord> {
+        self.take_pending(now)
+    }
+
+    /// `kvm:kvm_pio` / `kvm:kvm_mmio` on the hw source: adds the port or address to the
+    /// pending exit; never starts one (the exit came from `kvm_exit`).
+    pub fn on_hw_detail(&mut self, kind: u8, detail: u64) {
+        if self.pending.active != 0 && self.pending.key.detail_kind == detail::NONE {
+            self.pending.key.detail_kind = kind;
+            self.pending.key.detail = detail;
+        }
+    }
+
+    // ---- emulated source: kvm_emulate_insn + kvm_pio/kvm_mmio/kvm_userspace_exit + kvm_fpu ----
+
+    /// `kvm:kvm_emulate_insn`: a new instruction starts, so any pending exit is over.
+    pub fn on_emulated_insn(&mut self, now: u64, rip: u64) -> Option<ExitRecord> {
+        let done = self.take_pending(now);
+        self.last_rip = rip;
+        done
+    }
+
+    /// `kvm:kvm_pio` (kind PORT_*) or `kvm:kvm_mmio` (kind MMIO_*) on the emulated source.
+    /// Writes trace before the exit to user space, reads on completion after it; both name the
+    /// exit of the instruction at `last_rip`.
+    pub fn on_emulated_access(&mut self, now: u64, t: Thread, kind: u8, addr: u64) -> Option<ExitRecord> {
+        let reason = if detail::is_port(kind) { kvm_exit::IO } else { kvm_exit::MMIO };
+        let p = &mut self.pending;
+        if p.active != 0 && p.key.rip == self.last_rip && p.key.reason == reason {
+            if p.key.detail_kind == detail::NONE {
+                // A read completing after its user-space exit.
+                p.key.detail_kind = kind;
+                p.key.detail = addr;
+                return None;
+            }
+            if p.key.detail_kind == kind && p.key.detail == addr {
+                // The completion of an MMIO read already traced as unsatisfied.
+                return None;
+            }
+        }
+        let done = self.take_pending(now);
+        let key = ExitKey {
+            rip: self.last_rip,
+            detail: addr,
+            tgid: t.tgid,
+            tid: t.tid,
+            vcpu: NO_VCPU,
+            reason,
+            isa: isa::KVM_EXIT,
+            detail_kind: kind,
+            _pad: [0; 6],
+        };
+        self.begin(now, key, false);
+        done
+    }
+
+    /// `kvm:kvm_userspace_exit`: KVM_RUN returned to the VMM with `reason`.
+    pub fn on_userspace_exit(&mut self, now: u64, t: Thread, reason: u32) -> Option<ExitRecord> {
+        let p = &mut self.pending;
+        if p.active != 0 && p.exited == 0 && p.key.rip == self.last_rip && p.key.reason == reason {
+            // The port/MMIO write traced just before this exit.
+            p.exited = 1;
+            return None;
+        }
+        let done = self.take_pending(now);
+        let key = ExitKey {
+            rip: self.last_rip,
+            tgid: t.tgid,
+            tid: t.tid,
+            vcpu: NO_VCPU,
+            reason,
+            isa: isa::KVM_EXIT,
+            ..ExitKey::default()
+        };
+        self.begin(now, key, true);
+        done
+    }
+
+    /// `kvm:kvm_fpu` load: the thread re-entered KVM_RUN, which ends a user-space exit.
+    pub fn on_run_entry(&mut self, now: u64) {
+        let p = &mut self.pending;
+        if p.active != 0 && p.exited != 0 && p.end_ns == 0 {
+            p.end_ns = now;
+        }
+    }
+}
+
+/// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the
+/// running kernel's `events/kvm/*/format` files (never from a header) and passed in as
+/// read-only globals. Names are `<EVENT>_<FIELD>`.
+pub const FIELD_GLOBALS: &[(&str, &str, &str)] = &[
+    ("EMULATE_INSN_RIP", "kvm_emulate_insn", "rip"),
+    ("EMULATE_INSN_CSBASE", "kvm_emulate_insn", "csbase"),
+    ("PIO_RW", "kvm_pio", "rw"),
+    ("PIO_PORT", "kvm_pio", "port"),
+    ("MMIO_TYPE", "kvm_mmio", "type"),
+    ("MMIO_GPA", "kvm_mmio", "gpa"),
+    ("USERSPACE_EXIT_REASON", "kvm_userspace_exit", "reason"),
+    ("FPU_LOAD", "kvm_fpu", "load"),
+    ("EXIT_REASON", "kvm_exit", "exit_reason"),
+    ("EXIT_GUEST_RIP", "kvm_exit", "guest_rip"),
+    ("EXIT_ISA", "kvm_exit", "isa"),
+    ("EXIT_VCPU_ID", "kvm_exit", "vcpu_id"),
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are repr(C), made only of integers, with explicit padding.
+    unsafe impl aya::Pod for super::ExitKey {}
+    unsafe impl aya::Pod for super::ExitStats {}
+    unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::ExitRecord {}
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Idempotent fresh-machine set-up, called by both README commands (scripts/demo, scripts/test).
+# Installs: Debian packages, the nightly toolchain pieces for eBPF, bpf-linker built against
+# nightly's own LLVM (cargo install of bpf-linker fails without a system libLLVM), the
+# x86_64-unknown-none target for the bundled guest, and mounts tracefs.
+# Slow artefacts are cached outside the clone, under $KVMPROF_CACHE (default /var/cache/kvmprof).
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.13.0
+CACHE=${KVMPROF_CACHE:-/var/cache/kvmprof}
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (it installs packages and mounts tracefs); try: sudo $0"
+mkdir -p "$CACHE"
+
+# --- Debian packages ---------------------------------------------------------------------
+# qemu-system-x86: the bundled guest also boots under QEMU; prometheus: real scrape tests;
+# bpftool/linux-perf/bpftrace: independent counters; binutils: addr2line for symbolizer checks.
+want_pkgs=(qemu-system-x86 prometheus bpftool binutils bpftrace linux-perf)
+missing=()
+for p in "${want_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# --- Rust toolchain pieces -----------------------------------------------------------------
+command -v rustup >/dev/null || die "rustup not found; install Rust with rustup first"
+rustup toolchain list | grep -q '^nightly-' || { log "installing nightly"; rustup toolchain install nightly --profile minimal >&2; }
+rustup component list --installed --toolchain nightly | grep -q '^rust-src' \
+  || { log "adding rust-src to nightly"; rustup component add rust-src --toolchain nightly >&2; }
+rustup target list --installed | grep -q '^x86_64-unknown-none$' \
+  || { log "adding target x86_64-unknown-none"; rustup target add x86_64-unknown-none >&2; }
+
+# --- bpf-linker against nightly's LLVM, cached by (bpf-linker version, LLVM library) ---------
+nightly_lib="$(rustc +nightly --print sysroot)/lib"
+libllvm=$(cd "$nightly_lib" && ls libLLVM.so.* 2>/dev/null | head -n1 || true)
+[ -n "$libllvm" ] || die "no libLLVM.so.* in $nightly_lib; reinstall the nightly toolchain"
+llvm_major=$(echo "$libllvm" | sed -E 's/^libLLVM\.so\.([0-9]+).*/\1/')
+linker_root="$CACHE/bpf-linker-$BPF_LINKER_VERSION-${libllvm#libLLVM.so.}"
+if [ ! -x "$linker_root/bin/bpf-linker" ]; then
+  log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (about 2 minutes)"
+  llvm_prefix="$CACHE/rustllvm-${libllvm#libLLVM.so.}"
+  mkdir -p "$llvm_prefix/lib"
+  ln -sf "$nightly_lib/$libllvm" "$llvm_prefix/lib/libLLVM.so"
+  LLVM_PREFIX="$llvm_prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$llvm_prefix/lib" \
+    cargo install bpf-linker --locked --version "$BPF_LINKER_VERSION" --no-default-features \
+      --features "llvm-$llvm_major" --root "$linker_root" >&2
+fi
+mkdir -p "$CACHE/bin"
+ln -sf "$linker_root/bin/bpf-linker" "$CACHE/bin/bpf-linker"
+
+# --- tracefs -------------------------------------------------------------------------------
+if [ ! -e /sys/kernel/tracing/events/kvm ]; then
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing \
+    || die "cannot mount tracefs; run: mount -t tracefs nodev /sys/kernel/tracing"
+fi
+[ -e /sys/kernel/tracing/events/kvm ] || die "no kvm tracepoints under /sys/kernel/tracing/events/kvm; is the kvm module loaded? (modprobe kvm)"
+
+log "ok (bpf-linker: $CACHE/bin/bpf-linker)"

@@ -1,0 +1,108 @@
+//! # tinyvmm
+//!
+//! A minimal KVM VMM (on kvm-ioctls, kvm-bindings, vm-memory, vm-superio, linux-loader)
+//! with the devices and the two optimisations of Zhang et al., "Evaluating and Optimizing
+//! I/O Virtualization in KVM", and a bundled `no_std` guest that exercises them.
+//!
+//! - Devices, one module each under [`devices`], all on one port bus ([`bus::PortBus`]):
+//!   16550 UART (COM1, 0x3f8), i8254 PIT (0x40-0x43), 8259 PIC (0x20/0x21, 0xa0/0xa1),
+//!   ACPI PM timer (0x608), IDE/ATA PIO disk (0x1f0-0x1f7, 0x3f6), exit port (0x501) and
+//!   a null port (0x80).
+//! - The batched port-I/O hypercall: [`hypercall`] documents the queue format.
+//! - `--pit-hz`: [`devices::pit`] documents the transparent rescaling.
+//!
+//! ## For profilers
+//!
+//! - The vCPU runs on a thread named `vcpu0`.
+//! - Guest RAM is one region at guest-physical 0 ([`abi`] has the layout). The guest ELF
+//!   is loaded at its link addresses and runs identity-mapped, so a guest RIP symbolizes
+//!   directly against `tinyvmm guest-elf -o FILE`.
+//! - `--memory-map FILE` writes, before the vCPU starts,
+//!   `{"pid":N,"regions":[{"guest_phys":"0x0","size":N,"host_virt":"0x7f..."}]}`:
+//!   guest-physical `g` inside a region is at `host_virt + (g - guest_phys)` in
+//!   `/proc/PID/mem`.
+//! - In the guest, port helpers (`outb`, `inb`, ...) are `#[inline(always)]`: the `in`/
+//!   `out` instructions sit in their callers, e.g. `ide_do_rw_disk`, whose caller is
+//!   `disk_write_workload` or `disk_read_workload` (frame pointers are on). Sector data
+//!   moves in `ide_output_data`/`ide_input_data` (`rep outsw`/`rep insw`), a batch doorbell
+//!   in `pio_batch`, EOIs in `ack_irq`, called from `timer_interrupt`.
+//!
+//! ## Exact exits of the disk workloads
+//!
+//! N sectors, one 48-bit command per sector, `--skip-pmtmr-calibration` (the calibration
+//! loop's exits depend on time). Unbatched, per sector: 0x1f1-0x1f5 two OUTs each,
+//! 0x1f6 one, 0x1f7 four (ready, command, DRQ, done), 0x1f0 one (`rep outsw`/`rep insw`
+//! of the whole sector). Batched, per sector: one doorbell (0x510) carrying the 14
+//! register accesses, then 0x1f0 one and 0x1f7 one. Once per run: 0x3f6 one (nIEN),
+//! IDENTIFY (0x1f6 one, 0x1f7 two, 0x1f0 one), for disk-write FLUSH CACHE EXT (0x1f6 one,
+//! 0x1f7 two); the PM timer (0x608) 2 + N/128 times. So ports 0x1f1-0x1f7 see 15N+6
+//! exits unbatched vs N+6 batched for disk-write (15N+3 vs N+3 for disk-read).
+
+pub mod abi;
+pub mod boot;
+pub mod bus;
+pub mod devices;
+pub mod hypercall;
+pub mod stats;
+pub mod vcpu;
+pub mod vm;
+
+pub use vcpu::Outcome;
+pub use vm::{run, RunReport, VmConfig};
+
+/// The bundled guest kernel (an ELF with symbols and DWARF), built by `build.rs`.
+pub const GUEST_ELF: &[u8] = include_bytes!(env!("TINYVMM_GUEST_ELF"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{0}")]
+    Config(String),
+    #[error("bad guest image: {0}")]
+    BadGuest(String),
+    #[error("disk image {0}")]
+    Disk(String),
+    #[error("{0}")]
+    Kvm(String),
+}
+
+/// What the bundled guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    DiskWrite,
+    DiskRead,
+    Timer,
+    PioLoop,
+    Hostile,
+    TripleFault,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] =
+        [Workload::DiskWrite, Workload::DiskRead, Workload::Timer, Workload::PioLoop, Workload::Hostile, Workload::TripleFault];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::DiskWrite => "disk-write",
+            Workload::DiskRead => "disk-read",
+            Workload::Timer => "timer",
+            Workload::PioLoop => "pio-loop",
+            Workload::Hostile => "hostile",
+            Workload::TripleFault => "triple-fault",
+        }
+    }
+
+    pub fn abi(self) -> u32 {
+        match self {
+            Workload::DiskWrite => abi::WL_DISK_WRITE,
+            Workload::DiskRead => abi::WL_DISK_READ,
+            Workload::Timer => abi::WL_TIMER,
+            Workload::PioLoop => abi::WL_PIO_LOOP,
+            Workload::Hostile => abi::WL_HOSTILE,
+            Workload::TripleFault => abi::WL_TRIPLE_FAULT,
+        }
+    }
+
+    pub fn needs_disk(self) -> bool {
+        matches!(self, Workload::DiskWrite | Workload::DiskRead | Workload::Hostile)
+    }
+}

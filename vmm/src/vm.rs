@@ -1,0 +1,226 @@
+//! Building a VM from a [`VmConfig`] and running it to a [`RunReport`].
+
+use crate::abi::*;
+use crate::boot;
+use crate::bus::PortBus;
+use crate::devices::{debug::DebugPorts, ide::Ide, pic::Pic, pit::Pit, pmtimer::PmTimer, serial::Uart};
+use crate::vcpu::{self, Outcome};
+use crate::{VmmError, Workload};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::Kvm;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Instant;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The guest ELF image (the bundled one by default).
+    pub guest_elf: Vec<u8>,
+    pub disk: Option<PathBuf>,
+    pub workload: Workload,
+    pub count: u64,
+    pub seconds: u64,
+    pub batch_pio: bool,
+    pub pit_hz: Option<u32>,
+    pub skip_pmtmr_calibration: bool,
+    pub mem_mib: u64,
+    pub memory_map: Option<PathBuf>,
+    /// Echo the guest console to stdout.
+    pub echo_console: bool,
+    pub name: Option<String>,
+}
+
+impl VmConfig {
+    pub fn new(workload: Workload) -> Self {
+        VmConfig {
+            guest_elf: crate::GUEST_ELF.to_vec(),
+            disk: None,
+            workload,
+            count: 1000,
+            seconds: 1,
+            batch_pio: false,
+            pit_hz: None,
+            skip_pmtmr_calibration: false,
+            mem_mib: 64,
+            memory_map: None,
+            echo_console: true,
+            name: None,
+        }
+    }
+}
+
+/// What a run produced: how it ended, its statistics, and the guest's own report.
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub stats: crate::stats::ExitStats,
+    pub guest: Option<Value>,
+    pub run_ns: u128,
+    pub json: Value,
+}
+
+impl RunReport {
+    /// True if the guest ran to its end and reported success.
+    pub fn success(&self) -> bool {
+        matches!(self.outcome, Outcome::GuestExit(0))
+    }
+}
+
+pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
+    if cfg.workload.needs_disk() && cfg.disk.is_none() {
+        return Err(VmmError::Config(format!("workload {} needs --disk IMG", cfg.workload.name())));
+    }
+    if cfg.pit_hz == Some(0) {
+        return Err(VmmError::Config("--pit-hz must be at least 1".into()));
+    }
+    if !(2..=3072).contains(&cfg.mem_mib) {
+        return Err(VmmError::Config("--mem-mib must be between 2 and 3072".into()));
+    }
+    let ide = match &cfg.disk {
+        None => None,
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| VmmError::Disk(format!("{}: {e}", p.display())))?;
+            let ide = Ide::new(f).map_err(|e| VmmError::Disk(format!("{}: {e}", p.display())))?;
+            if ide.sectors() == 0 {
+                return Err(VmmError::Disk(format!("{}: image is smaller than one 512-byte sector", p.display())));
+            }
+            Some(ide)
+        }
+    };
+
+    let kvm = Kvm::new().map_err(|e| VmmError::Kvm(format!("cannot open /dev/kvm: {e}")))?;
+    let vm = kvm.create_vm().map_err(|e| VmmError::Kvm(format!("KVM_CREATE_VM: {e}")))?;
+    let mem_size = cfg.mem_mib << 20;
+    let mem = boot::create_memory(mem_size)?;
+    let host = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| VmmError::Config(format!("guest memory: {e}")))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: mem_size,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: the region is the live mmap of `mem`, which outlives the VM (both are
+    // dropped at the end of this function, after the vCPU thread has been joined).
+    unsafe { vm.set_user_memory_region(region) }.map_err(|e| VmmError::Kvm(format!("KVM_SET_USER_MEMORY_REGION: {e}")))?;
+
+    let loaded = boot::load_elf(&mem, &cfg.guest_elf)?;
+    let mut flags = 0;
+    if cfg.batch_pio {
+        flags |= FLAG_BATCH_PIO;
+    }
+    if cfg.skip_pmtmr_calibration {
+        flags |= FLAG_SKIP_PMTMR_CALIBRATION;
+    }
+    let params = BootParams {
+        magic: BOOT_PARAMS_MAGIC,
+        version: BOOT_PARAMS_VERSION,
+        workload: cfg.workload.abi(),
+        flags,
+        count: cfg.count,
+        seconds: cfg.seconds,
+        ram_size: mem_size,
+    };
+    boot::write_boot_structures(&mem, &params)?;
+
+    let vcpu_fd = vm.create_vcpu(0).map_err(|e| VmmError::Kvm(format!("KVM_CREATE_VCPU: {e}")))?;
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmmError::Kvm(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
+    vcpu_fd.set_cpuid2(&cpuid).map_err(|e| VmmError::Kvm(format!("KVM_SET_CPUID2: {e}")))?;
+    let sregs = vcpu_fd.get_sregs().map_err(|e| VmmError::Kvm(format!("KVM_GET_SREGS: {e}")))?;
+    vcpu_fd
+        .set_sregs(&boot::long_mode_sregs(sregs))
+        .map_err(|e| VmmError::Kvm(format!("KVM_SET_SREGS: {e}")))?;
+    vcpu_fd
+        .set_regs(&boot::entry_regs(loaded.entry))
+        .map_err(|e| VmmError::Kvm(format!("KVM_SET_REGS: {e}")))?;
+
+    if let Some(path) = &cfg.memory_map {
+        let text = serde_json::to_string_pretty(&boot::memory_map_json(&mem)).unwrap_or_default();
+        std::fs::write(path, text + "\n").map_err(|e| VmmError::Config(format!("{}: {e}", path.display())))?;
+    }
+
+    let bus = PortBus::new(
+        Uart::new(PORT_COM1, cfg.echo_console),
+        Pit::new(cfg.pit_hz),
+        Pic::new(),
+        PmTimer::new(PORT_PMTMR),
+        ide,
+        DebugPorts::default(),
+    );
+    let started = Instant::now();
+    let thread_mem = mem.clone();
+    let handle = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || vcpu::run_loop(vcpu_fd, bus, thread_mem))
+        .map_err(|e| VmmError::Kvm(format!("cannot start the vCPU thread: {e}")))?;
+    let (outcome, stats, mut bus) = handle.join().map_err(|_| VmmError::Kvm("the vCPU thread panicked".into()))?;
+    let run_ns = started.elapsed().as_nanos();
+    drop(vm);
+
+    bus.serial.console().finish();
+    let guest = bus
+        .serial
+        .console()
+        .results
+        .last()
+        .map(|s| serde_json::from_str::<Value>(s).unwrap_or_else(|_| json!({ "unparsed": s })));
+    let json = report_json(cfg, &outcome, &stats, &bus, guest.clone(), run_ns, loaded.entry);
+    Ok(RunReport { outcome, stats, guest, run_ns, json })
+}
+
+fn report_json(
+    cfg: &VmConfig,
+    outcome: &Outcome,
+    stats: &crate::stats::ExitStats,
+    bus: &PortBus,
+    guest: Option<Value>,
+    run_ns: u128,
+    entry: u64,
+) -> Value {
+    let ide = bus.ide.as_ref().map(|d| serde_json::to_value(d.stats).unwrap_or(Value::Null));
+    json!({
+        "name": cfg.name,
+        "workload": cfg.workload.name(),
+        "count": cfg.count,
+        "seconds": cfg.seconds,
+        "batch_pio": cfg.batch_pio,
+        "pit_hz": cfg.pit_hz,
+        "pmtmr_calibration": !cfg.skip_pmtmr_calibration,
+        "outcome": outcome.name(),
+        "outcome_detail": outcome.to_string(),
+        "guest_exit_status": match outcome { Outcome::GuestExit(s) => Some(*s), _ => None },
+        "guest_entry": format!("{entry:#x}"),
+        "run_ns": run_ns as u64,
+        "exits_total": stats.total,
+        "by_kind": stats.by_kind_json(),
+        "by_port": stats.by_port_json(),
+        "hypercalls": stats.hypercalls,
+        "hypercall_entries": stats.hypercall_entries,
+        "hypercall_errors": {
+            "address": stats.hypercall_errors[1],
+            "count": stats.hypercall_errors[2],
+            "entry": stats.hypercall_errors[3],
+        },
+        "replayed_by_port": stats.replayed_json(),
+        "interrupts_injected": stats.interrupts_injected,
+        "timer": {
+            "programmed_hz": bus.pit.programmed_millihz() as f64 / 1000.0,
+            "delivered_hz": cfg.pit_hz,
+            "irq0_edges": bus.pit.irqs,
+            "irq0_missed_periods": bus.pit.irqs_missed,
+            "pic_coalesced": bus.pic.coalesced,
+            "eoi_writes": bus.pic.eois,
+        },
+        "unclaimed_port_accesses": bus.unclaimed,
+        "ide": ide,
+        "guest": guest,
+    })
+}
