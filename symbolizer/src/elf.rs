@@ -119,7 +119,8 @@ fn collect_symbols<'d, 'f>(
         let is_function = match s.kind() {
             SymbolKind::Text => true,
             // Assembly entry points (kernel SYM_CODE_START) are untyped labels in code.
-            SymbolKind::Unknown | SymbolKind::Data if code => false,
+            // Objects in code are not (binutils skips them too).
+            SymbolKind::Unknown if code => false,
             _ => continue,
         };
         let Ok(name) = s.name() else { continue };

@@ -1,10 +1,13 @@
 //! Sorted address index over symbols, shared by the ELF and kallsyms inputs.
 //!
-//! Alias rule (several symbols at one address): the same preference `perf` uses, so
-//! names agree with the tools people already read. In order, the winner is the one that
-//! is (1) a function rather than data/untyped, (2) sized rather than unsized,
-//! (3) global, then weak, then local, (4) has fewer leading underscores,
-//! (5) has the longer name, (6) comes first in the input.
+//! Alias rules (several symbols at one address), chosen per input so names agree with the
+//! tool people compare against:
+//! - ELF ([`AliasRule::Binutils`]): the larger `st_size` wins, then the first in symbol
+//!   table order — what binutils `addr2line` does (e.g. the local `__do_sys_munlockall`
+//!   over the global `__x64_sys_munlockall` at the same address).
+//! - kallsyms ([`AliasRule::Perf`]): the preference `perf` uses. The winner is
+//!   (1) a function rather than data, (2) global, then weak, then local, (3) has fewer
+//!   leading underscores, (4) has the longer name, (5) comes first in the file.
 
 /// Binding rank: lower wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,17 +35,21 @@ pub struct RawSymbol {
     pub file: Option<Box<str>>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AliasRule {
+    Binutils,
+    Perf,
+}
+
 /// Total order implementing the alias rule; the least element wins.
-pub fn alias_key(s: &RawSymbol, input_order: usize) -> impl Ord + use<> {
-    let underscores = s.name.bytes().take_while(|&b| b == b'_').count();
-    (
-        !s.is_function,
-        s.size == 0,
-        s.binding,
-        underscores,
-        std::cmp::Reverse(s.name.len()),
-        input_order,
-    )
+fn alias_key(rule: AliasRule, s: &RawSymbol, input_order: usize) -> (bool, u64, Binding, usize, usize, usize) {
+    match rule {
+        AliasRule::Binutils => (false, u64::MAX - s.size, Binding::Global, 0, 0, input_order),
+        AliasRule::Perf => {
+            let underscores = s.name.bytes().take_while(|&b| b == b'_').count();
+            (!s.is_function, 0, s.binding, underscores, usize::MAX - s.name.len(), input_order)
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,12 +71,12 @@ pub struct SymbolIndex {
 }
 
 impl SymbolIndex {
-    pub fn build(raw: Vec<RawSymbol>) -> SymbolIndex {
+    pub fn build(raw: Vec<RawSymbol>, rule: AliasRule) -> SymbolIndex {
         let mut raw: Vec<(usize, RawSymbol)> = raw.into_iter().enumerate().collect();
         raw.sort_by(|(ia, a), (ib, b)| {
             (a.group, a.addr)
                 .cmp(&(b.group, b.addr))
-                .then_with(|| alias_key(a, *ia).cmp(&alias_key(b, *ib)))
+                .then_with(|| alias_key(rule, a, *ia).cmp(&alias_key(rule, b, *ib)))
         });
         raw.dedup_by(|later, first| later.1.group == first.1.group && later.1.addr == first.1.addr);
 

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use error::SymbolizeError;
-use index::{Entry, SymbolIndex};
+use index::{AliasRule, Entry, SymbolIndex};
 
 /// One frame of an answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl Symbolizer {
     pub fn from_elf(path: &Path) -> Result<Symbolizer, SymbolizeError> {
         let input = elf::load(path)?;
         Ok(Symbolizer::new(
-            SymbolIndex::build(input.symbols),
+            SymbolIndex::build(input.symbols, AliasRule::Binutils),
             input.dwarf,
             input.warnings,
             path,
@@ -86,7 +86,7 @@ impl Symbolizer {
     /// Parses kallsyms text already in memory; `path` only names it in messages.
     pub fn from_kallsyms_bytes(text: &[u8], path: &Path) -> Result<Symbolizer, SymbolizeError> {
         let syms = kallsyms::parse(text, path)?;
-        Ok(Symbolizer::new(SymbolIndex::build(syms), None, Vec::new(), path))
+        Ok(Symbolizer::new(SymbolIndex::build(syms, AliasRule::Perf), None, Vec::new(), path))
     }
 
     fn new(
