@@ -31,12 +31,16 @@
 //!
 //! N sectors, one 48-bit command per sector, `--skip-pmtmr-calibration` (the calibration
 //! loop's exits depend on time). Unbatched, per sector: 0x1f1-0x1f5 two OUTs each,
-//! 0x1f6 one, 0x1f7 four (ready, command, DRQ, done), 0x1f0 one (`rep outsw`/`rep insw`
-//! of the whole sector). Batched, per sector: one doorbell (0x510) carrying the 14
-//! register accesses, then 0x1f0 one and 0x1f7 one. Once per run: 0x3f6 one (nIEN),
-//! IDENTIFY (0x1f6 one, 0x1f7 two, 0x1f0 one), for disk-write FLUSH CACHE EXT (0x1f6 one,
-//! 0x1f7 two); the PM timer (0x608) 2 + N/128 times. So ports 0x1f1-0x1f7 see 15N+6
-//! exits unbatched vs N+6 batched for disk-write (15N+3 vs N+3 for disk-read).
+//! 0x1f6 one, 0x1f7 four (ready, command, DRQ, done); the data port 0x1f0 256 for a
+//! write (KVM's instruction emulator exits once per word of `rep outsw`) and one for a
+//! read (it merges `rep insw` up to a page into one exit). Batched, per sector: one
+//! doorbell (0x510) carrying the 14 register accesses (ready, 11 task-file writes,
+//! command, DRQ), then the data exits and 0x1f7 one (done). Once per run: 0x3f6 one
+//! (nIEN), IDENTIFY (0x1f6 one, 0x1f7 two, 0x1f0 one), for disk-write FLUSH CACHE EXT
+//! (0x1f6 one, 0x1f7 two); the PM timer (0x608) 2 + N/128 times. So ports 0x1f1-0x1f7
+//! see 15N+6 exits unbatched vs N+6 batched for disk-write (15N+3 vs N+3 for
+//! disk-read): -93% at N = 1000. Boot adds 0x20 one, 0x21 four, 0x40 two, 0x43 one, and
+//! the exit port 0x501 one; the console (0x3f8) one per character.
 
 pub mod abi;
 pub mod boot;
