@@ -23,6 +23,7 @@ pub fn create_memory(size: u64) -> Result<GuestMemoryMmap, VmmError> {
 /// between 1 MiB and the end of RAM, and its entry point inside it.
 pub fn load_elf(mem: &GuestMemoryMmap, elf: &[u8]) -> Result<Loaded, VmmError> {
     let bad = |why: String| VmmError::BadGuest(why);
+    check_segments(elf, mem.last_addr().0.saturating_add(1))?;
     let r = Elf::load(mem, None, &mut Cursor::new(elf), Some(GuestAddress(KERNEL_MIN_ADDR)))
         .map_err(|e| bad(format!("{e}")))?;
     let entry = r.kernel_load.0;
@@ -32,6 +33,32 @@ pub fn load_elf(mem: &GuestMemoryMmap, elf: &[u8]) -> Result<Loaded, VmmError> {
         return Err(bad(format!("entry point {entry:#x} is not inside the loaded image {KERNEL_MIN_ADDR:#x}..{end:#x}")));
     }
     Ok(Loaded { entry, end })
+}
+
+/// linux-loader checks only the entry point against the 1 MiB floor: every PT_LOAD
+/// segment (memory size, so .bss too) must also lie in [1 MiB, end of RAM).
+fn check_segments(elf: &[u8], ram_end: u64) -> Result<(), VmmError> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let bad = |why: String| VmmError::BadGuest(why);
+    let file = ElfFile64::<object::Endianness>::parse(elf).map_err(|e| bad(format!("not a 64-bit ELF: {e}")))?;
+    let endian = file.endian();
+    for ph in file.elf_program_headers() {
+        if ph.p_type(endian) != object::elf::PT_LOAD {
+            continue;
+        }
+        let start = ph.p_paddr(endian);
+        let end = start.checked_add(ph.p_memsz(endian));
+        match end {
+            Some(end) if start >= KERNEL_MIN_ADDR && end <= ram_end => {}
+            _ => {
+                return Err(bad(format!(
+                    "segment at {start:#x} (+{:#x}) is outside {KERNEL_MIN_ADDR:#x}..{ram_end:#x}",
+                    ph.p_memsz(endian)
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// GDT, identity-mapped page tables (2 MiB pages over min(RAM, 1 GiB)) and boot params.
