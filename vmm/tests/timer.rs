@@ -49,3 +49,30 @@ fn pit_1000hz_and_rescaled_100hz() {
     let (a, b) = (timer_exits(&fast) as f64, timer_exits(&slow) as f64);
     assert!(within(a / b, 10.0, 0.15), "timer exits {a} -> {b}");
 }
+
+#[test]
+fn pmtmr_calibration_on_is_a_port_io_hot_spot_and_off_is_gone() {
+    let t = tempfile::tempdir().unwrap();
+    let on = run(t.path(), &["--workload", "pio-loop", "--count", "10"]);
+    let off = run(t.path(), &["--workload", "pio-loop", "--count", "10", "--skip-pmtmr-calibration"]);
+    on.assert_ok();
+    off.assert_ok();
+    let g = on.guest();
+    assert_eq!(g["pmtmr_calibrated"], true);
+    assert_eq!(g["pmtmr_ok"], true, "PM timer delta {} vs expected {}", g["pmtmr_delta"], g["pmtmr_expected"]);
+    let reads = g["pmtmr_reads"].as_u64().unwrap();
+    assert!(reads > 100, "calibration loop ran {reads} times");
+    // Per iteration: PIT latch (0x43), two channel-2 reads (0x42), one PM-timer read
+    // (0x608); plus one of each before the loop, channel 2's programming (0x43 once, 0x42
+    // twice), the boot's channel-0 programming and pio-loop's two PM reads.
+    assert_eq!(on.port("0x608"), reads + 1 + 2);
+    assert_eq!(on.port("0x43"), reads + 1 + 1 + 1);
+    assert_eq!(on.port("0x42"), 2 * (reads + 1) + 2);
+    assert_eq!(on.port("0x40"), 2);
+    assert_eq!(off.guest()["pmtmr_calibrated"], false);
+    assert_eq!(off.port("0x608"), 2);
+    assert_eq!(off.port("0x43"), 1);
+    assert_eq!(off.port("0x40"), 2);
+    assert_eq!(off.port("0x42"), 0);
+    assert_eq!(off.port("0x80"), 10);
+}

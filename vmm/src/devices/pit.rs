@@ -350,7 +350,7 @@ mod tests {
         w(&mut p, 0x43, 0x24); // ch0, MSB only, mode 2
         w(&mut p, 0x40, 0x12);
         assert_eq!(p.ch[0].reload, 0x1200);
-        w(&mut p, 0x43, 0xd2); // read-back status + count of ch0
+        w(&mut p, 0x43, 0xc2); // read-back status + count of ch0
         let status = r(&mut p, 0x40);
         assert_eq!(status & 0x3f, (2 << 4) | (2 << 1), "status {status:#x}");
         let msb = r(&mut p, 0x40);
