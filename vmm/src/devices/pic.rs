@@ -30,11 +30,7 @@ impl Chip {
         } else {
             match v >> 5 {
                 // Non-specific EOI (and rotate-on-non-specific): the highest priority in service.
-                1 | 5 => {
-                    if self.isr != 0 {
-                        self.isr &= self.isr - 1;
-                    }
-                }
+                1 | 5 if self.isr != 0 => self.isr &= self.isr - 1,
                 // Specific EOI (and rotate-on-specific).
                 3 | 7 => self.isr &= !(1 << (v & 7)),
                 _ => {}
