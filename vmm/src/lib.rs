@@ -42,6 +42,15 @@
 //! disk-read): -93% at N = 1000. Boot adds 0x20 one, 0x21 four, 0x40 two, 0x43 one, and
 //! the exit port 0x501 one; the console (0x3f8) one per character.
 
+//!
+//! ## Limitations
+//!
+//! - IRQ0 is injected at the next exit after it is due (a halted guest is woken on time);
+//!   there is no signal kick for a guest that computes for long stretches without exits.
+//!   Periods that pass while the VMM is late are dropped and counted
+//!   (`timer.irq0_missed_periods`), never delivered as extra ticks.
+//! - The bundled guest boots only under tinyvmm (no multiboot header / PVH note yet).
+
 pub mod abi;
 pub mod boot;
 pub mod bus;
