@@ -21,7 +21,7 @@ if [ ! -e corpus/elf/seed-small ]; then
     rm -rf "$tmp"
 fi
 run() {
-    cargo +nightly fuzz run "$1" "corpus/$1" -- -max_total_time="$T" -jobs=1 -workers=1 -rss_limit_mb=2048 -max_len="$2" 2>&1 \
+    cargo +nightly fuzz run "$1" "corpus/$1" -- -max_total_time="$T" -rss_limit_mb=2048 -max_len="$2" 2>&1 \
         | tee "fuzz-$1.log" | grep -E "^#[0-9]+.*(DONE|pulse)|Done|SUMMARY|crash-|panicked" || true
 }
 case $WHICH in
