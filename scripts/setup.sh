@@ -26,7 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>"$CACHE/apt.log" \
+    || { cat "$CACHE/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
 fi
 
 # --- Rust toolchain pieces -----------------------------------------------------------------
@@ -43,17 +44,20 @@ libllvm=$(cd "$nightly_lib" && ls libLLVM.so.* 2>/dev/null | head -n1 || true)
 [ -n "$libllvm" ] || die "no libLLVM.so.* in $nightly_lib; reinstall the nightly toolchain"
 llvm_major=$(echo "$libllvm" | sed -E 's/^libLLVM\.so\.([0-9]+).*/\1/')
 linker_root="$CACHE/bpf-linker-$BPF_LINKER_VERSION-${libllvm#libLLVM.so.}"
+# bpf-linker links against libLLVM.so and loads it by its SONAME at run time (via the rpath).
+llvm_prefix="$CACHE/rustllvm-${libllvm#libLLVM.so.}"
+mkdir -p "$llvm_prefix/lib"
+ln -sf "$nightly_lib/$libllvm" "$llvm_prefix/lib/libLLVM.so"
+ln -sf "$nightly_lib/$libllvm" "$llvm_prefix/lib/$libllvm"
 if [ ! -x "$linker_root/bin/bpf-linker" ]; then
   log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (about 2 minutes)"
-  llvm_prefix="$CACHE/rustllvm-${libllvm#libLLVM.so.}"
-  mkdir -p "$llvm_prefix/lib"
-  ln -sf "$nightly_lib/$libllvm" "$llvm_prefix/lib/libLLVM.so"
   LLVM_PREFIX="$llvm_prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$llvm_prefix/lib" \
     cargo install bpf-linker --locked --version "$BPF_LINKER_VERSION" --no-default-features \
       --features "llvm-$llvm_major" --root "$linker_root" >&2
 fi
 mkdir -p "$CACHE/bin"
 ln -sf "$linker_root/bin/bpf-linker" "$CACHE/bin/bpf-linker"
+"$CACHE/bin/bpf-linker" --version >/dev/null || die "bpf-linker in $linker_root does not run; delete that directory and run $0 again"
 
 # --- tracefs -------------------------------------------------------------------------------
 if [ ! -e /sys/kernel/tracing/events/kvm ]; then

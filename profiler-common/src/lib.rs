@@ -153,6 +153,11 @@ pub struct ThreadState {
     /// Linear address of the last instruction the emulator started on this thread.
     pub last_rip: u64,
     pub pending: PendingExit,
+    /// Thread name and process, taken when the state is created, so a report can name vCPU
+    /// threads (`vcpu0`, QEMU's `CPU 0/KVM`) even after the VMM has exited.
+    pub comm: [u8; 16],
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Who ran the event: the VMM process and its vCPU thread.
@@ -284,12 +289,49 @@ impl ThreadState {
     }
 }
 
+/// Names and sizes of the maps, shared so the loader and the programs cannot disagree.
+pub mod maps {
+    /// `PerCpuHashMap<ExitKey, ExitStats>`: the in-kernel aggregation.
+    pub const EXITS: &str = "EXITS";
+    pub const EXITS_MAX_ENTRIES: u32 = 65536;
+    /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine.
+    pub const THREADS: &str = "THREADS";
+    pub const THREADS_MAX_ENTRIES: u32 = 16384;
+    /// `RingBuf` of [`super::ExitRecord`], written only when records are requested.
+    pub const RECORDS: &str = "RECORDS";
+    pub const RECORDS_BYTES: u32 = 16 << 20;
+    /// `PerCpuArray<u64>` of loss counters, indexed by [`super::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Indexes into the `COUNTERS` map: everything that was lost is counted, never silent.
+pub mod counter {
+    /// Records that did not fit in the ring buffer (they are still aggregated).
+    pub const RECORDS_DROPPED: u32 = 0;
+    /// Exits not aggregated because `EXITS` was full.
+    pub const EXIT_KEYS_FULL: u32 = 1;
+    /// Events ignored because `THREADS` was full.
+    pub const THREADS_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Read-only globals (besides the field offsets) the loader sets.
+pub mod globals {
+    /// `u32`: only this process is traced; 0 traces every process.
+    pub const TARGET_TGID: &str = "TARGET_TGID";
+    /// `u8`: 1 streams every exit through `RECORDS`.
+    pub const STREAM_RECORDS: &str = "STREAM_RECORDS";
+    /// `u8`: 1 = hw source (`kvm_pio`/`kvm_mmio` only add detail to a `kvm_exit`).
+    pub const HW_SOURCE: &str = "HW_SOURCE";
+}
+
 /// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the
 /// running kernel's `events/kvm/*/format` files (never from a header) and passed in as
 /// read-only globals. Names are `<EVENT>_<FIELD>`.
 pub const FIELD_GLOBALS: &[(&str, &str, &str)] = &[
     ("EMULATE_INSN_RIP", "kvm_emulate_insn", "rip"),
     ("EMULATE_INSN_CSBASE", "kvm_emulate_insn", "csbase"),
+    ("EMULATE_INSN_FAILED", "kvm_emulate_insn", "failed"),
     ("PIO_RW", "kvm_pio", "rw"),
     ("PIO_PORT", "kvm_pio", "port"),
     ("MMIO_TYPE", "kvm_mmio", "type"),

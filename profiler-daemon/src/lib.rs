@@ -1,0 +1,12 @@
+//! kvmprof: which guest functions cause your VM exits, and what do those exits cost?
+//!
+//! The `kvmprof` binary is a thin CLI over these modules.
+pub mod aggregate;
+pub mod exit_loop;
+pub mod import;
+pub mod reasons;
+pub mod record;
+pub mod recording;
+pub mod report;
+pub mod tracefs;
+pub mod tracer;

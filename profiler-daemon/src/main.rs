@@ -1,0 +1,203 @@
+//! `kvmprof`: the command line. Each subcommand is a thin layer over the library.
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use profiler_daemon::import::{self, TextFormat};
+use profiler_daemon::record::{self, RecordOptions};
+use profiler_daemon::recording::Recording;
+use profiler_daemon::report::{self, Format, GroupBy};
+use profiler_daemon::tracefs;
+use profiler_daemon::tracer::{self, Source};
+
+#[derive(Parser)]
+#[command(
+    name = "kvmprof",
+    version,
+    about = "Which guest functions cause your VM exits, and what do those exits cost?",
+    long_about = "kvmprof records every VM exit of a KVM guest with eBPF on the KVM tracepoints, \
+aggregates them in the kernel by (vCPU thread, reason, guest RIP, port), and prints the hot-exit \
+tables of Zhang et al., \"Evaluating and Optimizing I/O Virtualization in KVM\".\n\n\
+Typical use:\n  sudo kvmprof record -o run.kvmprof -- qemu-system-x86_64 -enable-kvm ...\n  \
+sudo kvmprof record -o run.kvmprof --pid $(pidof qemu-system-x86_64) --duration 10\n  \
+kvmprof report run.kvmprof --by rip\n\n\
+Exit sources: `hw` (kvm_exit/kvm_entry, VMX/SVM hosts) and `emulated` (hosts where kvm_exit \
+never fires, e.g. PVM: the RIP comes from kvm_emulate_insn). The source is detected and named \
+in every report."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Record the VM exits of a command, a running VM (--pid), or every VM on the host.
+    Record(RecordArgs),
+    /// Print the hot-exit tables of a recording.
+    Report(ReportArgs),
+    /// Convert recorded KVM tracepoint text (perf script, ftrace) into a recording.
+    Import(ImportArgs),
+    /// Load and attach the eBPF programs, then detach: checks that kvmprof can trace here.
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SourceArg {
+    /// Pick by the loaded KVM vendor module (kvm_intel/kvm_amd: hw, else emulated).
+    Auto,
+    Hw,
+    Emulated,
+}
+
+impl SourceArg {
+    fn resolve(self) -> Option<Source> {
+        match self {
+            SourceArg::Auto => None,
+            SourceArg::Hw => Some(Source::Hw),
+            SourceArg::Emulated => Some(Source::Emulated),
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  kvmprof record -o disk.kvmprof -- tinyvmm run --workload disk-write\n  \
+kvmprof record -o vm.kvmprof --pid 4242 --duration 30 --records\n\n\
+Needs root (eBPF). Mounts tracefs at /sys/kernel/tracing if it is not mounted.")]
+struct RecordArgs {
+    /// Where to write the recording.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Trace this running VMM process (a QEMU, Firecracker, ... PID) instead of a command.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Stop after this many seconds (default: when the command or PID exits, or on Ctrl-C).
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Also keep every exit, in order, with its start time and duration (costs more).
+    #[arg(long)]
+    records: bool,
+    /// Which tracepoints give the exits.
+    #[arg(long, value_enum, default_value = "auto")]
+    source: SourceArg,
+    /// The command to run and trace (after --).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  kvmprof report run.kvmprof\n  \
+kvmprof report run.kvmprof --by port --format csv\n  \
+kvmprof report run.kvmprof --by rip --format json --top 10")]
+struct ReportArgs {
+    /// A recording from `kvmprof record` or `kvmprof import`.
+    file: PathBuf,
+    /// What one row stands for.
+    #[arg(long, value_enum, default_value = "rip")]
+    by: GroupBy,
+    /// Show only the N rows with the most exits (default: 25 for tables, all otherwise).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  perf record -e 'kvm:*' -a -- sleep 5 && perf script > kvm.txt\n  \
+kvmprof import perf-script kvm.txt -o kvm.kvmprof\n  \
+kvmprof import ftrace /sys/kernel/tracing/trace -o kvm.kvmprof")]
+struct ImportArgs {
+    #[arg(value_enum)]
+    format: TextFormat,
+    /// The text file ("-" for standard input).
+    file: PathBuf,
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Which program set to load and attach ("all" checks both).
+    #[arg(long, default_value = "all", value_parser = ["all", "hw", "emulated"])]
+    source: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvmprof: error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Record(a) => record::run(&RecordOptions {
+            output: a.output,
+            pid: a.pid,
+            duration: a
+                .duration
+                .map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--duration must be a positive number of seconds, not {s}")))
+                .transpose()?,
+            records: a.records,
+            source: a.source.resolve(),
+            command: a.command,
+            quiet: false,
+        }),
+        Cmd::Report(a) => {
+            let rec = Recording::load(&a.file)?;
+            let rep = report::build(&rec, a.by, &|_| None);
+            let top = a.top.or((a.format == Format::Table).then_some(25));
+            emit(&rep.render(a.format, top))
+        }
+        Cmd::Import(a) => {
+            let reader: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+                Box::new(std::io::BufReader::new(f))
+            };
+            let imported = import::import(reader, a.format)?;
+            imported.recording.save(&a.output)?;
+            let exits: u64 = imported.recording.exits.iter().map(|e| e.count).sum();
+            eprintln!(
+                "kvmprof: imported {exits} exits (source {}) from {} events in {} lines ({} lines not understood) -> {}",
+                imported.recording.meta.source,
+                imported.events,
+                imported.lines,
+                imported.skipped,
+                a.output.display()
+            );
+            Ok(0)
+        }
+        Cmd::Check(a) => {
+            tracer::require_root("check")?;
+            let tfs = tracefs::ensure_mounted()?;
+            let sources = match a.source.as_str() {
+                "hw" => vec![Source::Hw],
+                "emulated" => vec![Source::Emulated],
+                _ => vec![Source::Hw, Source::Emulated],
+            };
+            for s in sources {
+                tracer::check_attach(&tfs, s)?;
+                println!("{}: loaded and attached to {}", s.name(), s.tracepoints().join(", "));
+            }
+            println!("detected source on this host: {}", Source::detect().name());
+            Ok(0)
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> Result<i32> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        r => r.map(|_| 0).context("writing the report"),
+    }
+}

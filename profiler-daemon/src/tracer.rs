@@ -1,0 +1,194 @@
+//! Loads kvmprof's eBPF programs, attaches the set for one exit source, and collects the
+//! in-kernel aggregation when done.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::{counter, globals, maps, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
+
+use crate::aggregate::Aggregate;
+use crate::recording::ThreadInfo;
+use crate::tracefs::EventFormat;
+
+/// The eBPF object, built by build.rs from `profiler-ebpf/`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf.o"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `kvm_exit`/`kvm_entry`: hardware-assisted KVM (VMX/SVM).
+    Hw,
+    /// `kvm_emulate_insn` + `kvm_pio`/`kvm_mmio`/`kvm_userspace_exit`: KVM without `kvm_exit`
+    /// (PVM, where every instruction is emulated).
+    Emulated,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Hw => "hw",
+            Source::Emulated => "emulated",
+        }
+    }
+
+    /// The tracepoints (all in the `kvm` system) whose programs this source attaches.
+    pub fn tracepoints(self) -> &'static [&'static str] {
+        match self {
+            Source::Hw => &["kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio"],
+            Source::Emulated => &["kvm_emulate_insn", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "kvm_fpu"],
+        }
+    }
+
+    /// `kvm_exit` fires on VMX/SVM hosts; elsewhere (PVM, or no hardware support) KVM runs
+    /// the guest through its emulator and only the emulated source sees exits.
+    pub fn detect() -> Source {
+        let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
+        if loaded("kvm_intel") || loaded("kvm_amd") {
+            Source::Hw
+        } else {
+            Source::Emulated
+        }
+    }
+}
+
+pub struct TracerConfig {
+    pub source: Source,
+    /// Trace only this process (0 = every process).
+    pub target_tgid: u32,
+    pub stream_records: bool,
+}
+
+pub struct Tracer {
+    ebpf: Option<Ebpf>,
+    exits: PerCpuHashMap<MapData, ExitKey, ExitStats>,
+    threads: HashMap<MapData, u32, ThreadState>,
+    counters: PerCpuArray<MapData, u64>,
+    records: Option<RingBuf<MapData>>,
+    drained: Vec<ExitRecord>,
+}
+
+/// What one recording collected, plus its loss counters.
+pub struct Collected {
+    pub aggregate: Aggregate,
+    pub threads: BTreeMap<u32, ThreadInfo>,
+    pub records_dropped: u64,
+    pub exit_keys_full: u64,
+    pub threads_full: u64,
+}
+
+impl Tracer {
+    pub fn start(tracefs: &Path, cfg: &TracerConfig) -> Result<Tracer> {
+        let mut offsets = Vec::new();
+        for (global, event, field) in FIELD_GLOBALS {
+            let fmt = EventFormat::read(tracefs, "kvm", event)?;
+            offsets.push((*global, fmt.offset(field).with_context(|| format!("tracepoint kvm:{event}"))?));
+        }
+        let hw = (cfg.source == Source::Hw) as u8;
+        let stream = cfg.stream_records as u8;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(globals::TARGET_TGID, &cfg.target_tgid, true)
+            .override_global(globals::STREAM_RECORDS, &stream, true)
+            .override_global(globals::HW_SOURCE, &hw, true);
+        for (name, off) in &offsets {
+            loader.override_global(name, off, true);
+        }
+        if !cfg.stream_records {
+            // The ring buffer is never written: don't pin 16 MiB of kernel memory for it.
+            loader.map_max_entries(maps::RECORDS, 4096);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| anyhow!("cannot load the eBPF programs: {e}{}", hint(&e.to_string())))?;
+
+        for tp in cfg.source.tracepoints() {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(tp)
+                .ok_or_else(|| anyhow!("eBPF object has no program {tp}"))?
+                .try_into()
+                .map_err(|e| anyhow!("program {tp}: {e}"))?;
+            prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {tp}: {e}"))?;
+            prog.attach("kvm", tp).map_err(|e| anyhow!("cannot attach to tracepoint kvm:{tp}: {e}"))?;
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"));
+        let exits = PerCpuHashMap::try_from(take(&mut ebpf, maps::EXITS)?)?;
+        let threads = HashMap::try_from(take(&mut ebpf, maps::THREADS)?)?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?;
+        let records = if cfg.stream_records { Some(RingBuf::try_from(take(&mut ebpf, maps::RECORDS)?)?) } else { None };
+        Ok(Tracer { ebpf: Some(ebpf), exits, threads, counters, records, drained: Vec::new() })
+    }
+
+    /// Moves streamed records out of the ring buffer; call it often while recording so the
+    /// buffer does not fill.
+    pub fn drain_records(&mut self) -> usize {
+        let Some(rb) = &mut self.records else { return 0 };
+        let mut n = 0;
+        while let Some(item) = rb.next() {
+            if item.len() >= std::mem::size_of::<ExitRecord>() {
+                // SAFETY: the program writes whole ExitRecords; read_unaligned tolerates any alignment.
+                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) };
+                self.drained.push(rec);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Detaches every program (so the maps stop changing), then reads them.
+    pub fn finish(mut self) -> Result<Collected> {
+        drop(self.ebpf.take());
+        self.drain_records();
+        let keep_records = self.records.is_some();
+        let mut agg = Aggregate::new(keep_records);
+        for item in self.exits.iter() {
+            let (key, per_cpu) = item.context("reading the exit map")?;
+            for stats in per_cpu.iter() {
+                agg.merge(key, stats);
+            }
+        }
+        if let Some(r) = &mut agg.records {
+            r.append(&mut self.drained);
+        }
+        let mut states: Vec<ThreadState> = Vec::new();
+        let mut threads = BTreeMap::new();
+        for item in self.threads.iter() {
+            let (tid, state) = item.context("reading the thread map")?;
+            threads.insert(tid, ThreadInfo::from_comm(state.tgid, &state.comm));
+            states.push(state);
+        }
+        agg.finish_threads(states.iter_mut());
+        let count = |i: u32| -> Result<u64> { Ok(self.counters.get(&i, 0)?.iter().sum()) };
+        Ok(Collected {
+            records_dropped: count(counter::RECORDS_DROPPED)?,
+            exit_keys_full: count(counter::EXIT_KEYS_FULL)?,
+            threads_full: count(counter::THREADS_FULL)?,
+            aggregate: agg,
+            threads,
+        })
+    }
+}
+
+/// Loads and attaches the programs of `source` without recording: proves they pass the
+/// verifier and that the tracepoints exist on this kernel.
+pub fn check_attach(tracefs: &Path, source: Source) -> Result<()> {
+    let t = Tracer::start(tracefs, &TracerConfig { source, target_tgid: u32::MAX, stream_records: true })?;
+    drop(t);
+    Ok(())
+}
+
+fn hint(err: &str) -> &'static str {
+    if err.contains("Operation not permitted") || err.contains("EPERM") {
+        " (loading eBPF needs root, or CAP_BPF + CAP_PERFMON)"
+    } else {
+        ""
+    }
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kvmprof {what} needs root (it loads eBPF programs and reads tracefs): run it with sudo");
+    }
+    Ok(())
+}
