@@ -8,5 +8,6 @@ pub mod reasons;
 pub mod record;
 pub mod recording;
 pub mod report;
+pub mod symbolize_cmd;
 pub mod tracefs;
 pub mod tracer;

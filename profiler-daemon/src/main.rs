@@ -9,6 +9,7 @@ use profiler_daemon::import::{self, TextFormat};
 use profiler_daemon::record::{self, RecordOptions};
 use profiler_daemon::recording::Recording;
 use profiler_daemon::report::{self, Format, GroupBy};
+use profiler_daemon::symbolize_cmd::{self, SymbolizeArgs};
 use profiler_daemon::tracefs;
 use profiler_daemon::tracer::{self, Source};
 
@@ -38,6 +39,8 @@ enum Cmd {
     Record(RecordArgs),
     /// Print the hot-exit tables of a recording.
     Report(ReportArgs),
+    /// Map guest addresses to function+offset, file:line and inlined frames.
+    Symbolize(SymbolizeArgs),
     /// Convert recorded KVM tracepoint text (perf script, ftrace) into a recording.
     Import(ImportArgs),
     /// Load and attach the eBPF programs, then detach: checks that kvmprof can trace here.
@@ -89,11 +92,23 @@ struct RecordArgs {
 
 #[derive(Args)]
 #[command(after_help = "Examples:\n  kvmprof report run.kvmprof\n  \
-kvmprof report run.kvmprof --by port --format csv\n  \
-kvmprof report run.kvmprof --by rip --format json --top 10")]
+kvmprof report run.kvmprof --vmlinux vmlinux --by function\n  \
+kvmprof report run.kvmprof --kallsyms guest-kallsyms.txt --by rip --format json --top 10\n  \
+kvmprof report run.kvmprof --by port --format csv\n\n\
+Guest functions: give the guest kernel's vmlinux (with DWARF for file:line), or a copy of the \
+guest's /proc/kallsyms. A KASLR guest needs --kaslr-offset HEX, or `auto` with both files.")]
 struct ReportArgs {
     /// A recording from `kvmprof record` or `kvmprof import`.
     file: PathBuf,
+    /// The guest kernel ELF (vmlinux) to name guest functions with.
+    #[arg(long, value_name = "ELF")]
+    vmlinux: Option<PathBuf>,
+    /// A copy of the guest's /proc/kallsyms (read as root inside the guest).
+    #[arg(long, value_name = "FILE")]
+    kallsyms: Option<PathBuf>,
+    /// Guest KASLR slide (runtime − link address), or `auto` with --vmlinux and --kallsyms.
+    #[arg(long, value_name = "HEX|auto", allow_hyphen_values = true)]
+    kaslr_offset: Option<String>,
     /// What one row stands for.
     #[arg(long, value_enum, default_value = "rip")]
     by: GroupBy,
@@ -152,10 +167,16 @@ fn run(cli: Cli) -> Result<i32> {
         }),
         Cmd::Report(a) => {
             let rec = Recording::load(&a.file)?;
-            let rep = report::build(&rec, a.by, &|_| None);
+            let sym = symbolize_cmd::load_symbolizer(a.vmlinux.as_deref(), a.kallsyms.as_deref(), a.kaslr_offset.as_deref())?;
+            if a.by == GroupBy::Function && sym.is_none() {
+                anyhow::bail!("--by function needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE");
+            }
+            let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
+            let rep = report::build(&rec, a.by, &resolve);
             let top = a.top.or((a.format == Format::Table).then_some(25));
             emit(&rep.render(a.format, top))
         }
+        Cmd::Symbolize(a) => symbolize_cmd::run(&a).map(|_| 0),
         Cmd::Import(a) => {
             let reader: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
