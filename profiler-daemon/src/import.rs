@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 
+
 use anyhow::{bail, Context, Result};
 use profiler_common::{detail, isa, Thread, NO_VCPU};
 
@@ -71,18 +72,17 @@ pub fn parse_line(line: &str) -> Option<Event<'_>> {
         Some((t, g)) => (t.trim(), g.trim().parse().ok()),
         None => (task, None),
     };
-    // perf: "comm tid" or "comm pid/tid"; ftrace: "comm-tid".
-    let (comm, tid, tgid) = if let Some((c, ids)) = task.rsplit_once(char::is_whitespace) {
+    // perf: "comm tid" or "comm pid/tid"; ftrace: "comm-tid". Comms may hold spaces, '/' and
+    // '-' ("CPU 0/KVM-4242"), so the perf forms must parse whole before they are believed.
+    let perf = || -> Option<(&str, u32, Option<u32>)> {
+        let (c, ids) = task.rsplit_once(char::is_whitespace)?;
         match ids.split_once('/') {
-            Some((p, t)) => (c.trim(), t.parse().ok()?, p.parse().ok().or(tgid)),
-            None => match ids.parse() {
-                Ok(t) => (c.trim(), t, tgid),
-                Err(_) => split_dash(task).map(|(c, t)| (c, t, tgid))?,
-            },
+            Some((p, t)) => Some((c.trim(), t.parse().ok()?, Some(p.parse().ok()?))),
+            None => Some((c.trim(), ids.parse().ok()?, None)),
         }
-    } else {
-        split_dash(task).map(|(c, t)| (c, t, tgid))?
     };
+    let (comm, tid, pid) = perf().or_else(|| split_dash(task).map(|(c, t)| (c, t, None)))?;
+    let tgid = pid.or(tgid);
     Some(Event { comm, tid, tgid, ts_ns, name, args })
 }
 
@@ -143,16 +143,21 @@ pub struct Imported {
     pub skipped: u64,
 }
 
-pub fn import(reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+    let mut text = String::new();
+    reader.read_to_string(&mut text).context("reading the trace text (it must be UTF-8 text)")?;
+    // A trace with kvm_exit is from the hw source, where kvm_userspace_exit, kvm_emulate_insn and
+    // kvm_fpu also fire but do not delimit exits: decide first, then replay with the same event
+    // set the live programs attach.
+    let saw_hw = text.lines().any(|l| parse_line(l).is_some_and(|e| e.name == "kvm_exit"));
     let mut threads = Threads::default();
     let mut infos: BTreeMap<u32, ThreadInfo> = BTreeMap::new();
     let mut agg = Aggregate::new(true);
     let (mut lines, mut events, mut skipped) = (0u64, 0u64, 0u64);
-    let (mut first_ts, mut last_ts, mut saw_hw) = (None, 0u64, false);
-    for line in reader.lines() {
-        let line = line.context("reading the trace text")?;
+    let (mut first_ts, mut last_ts) = (None, 0u64);
+    for line in text.lines() {
         lines += 1;
-        let Some(ev) = parse_line(&line) else {
+        let Some(ev) = parse_line(line) else {
             skipped += (!line.trim().is_empty() && !line.starts_with('#')) as u64;
             continue;
         };
@@ -163,18 +168,18 @@ pub fn import(reader: impl BufRead, format: TextFormat) -> Result<Imported> {
         last_ts = now;
         let s = threads.get(t);
         let a = ev.args;
+        if saw_hw && matches!(ev.name, "kvm_emulate_insn" | "kvm_userspace_exit" | "kvm_fpu") {
+            continue;
+        }
         let done = match ev.name {
             "kvm_exit" => match parse_exit(a) {
-                Some((vcpu, isa, reason, rip)) => {
-                    saw_hw = true;
-                    s.on_hw_exit(now, t, vcpu, isa, reason, rip)
-                }
+                Some((vcpu, isa, reason, rip)) => s.on_hw_exit(now, t, vcpu, isa, reason, rip),
                 None => {
                     skipped += 1;
                     continue;
                 }
             },
-            "kvm_entry" => s.on_hw_entry(now),
+            "kvm_entry" if saw_hw => s.on_hw_entry(now),
             "kvm_pio" => {
                 let kind = if a.starts_with("pio_write") { detail::PORT_OUT } else { detail::PORT_IN };
                 let Some(port) = arg(a, "at").and_then(hex) else {

@@ -1,0 +1,75 @@
+//! Helpers shared by the daemon's integration tests.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const KVMPROF: &str = env!("CARGO_BIN_EXE_kvmprof");
+pub const EXIT_LOOP: &str = env!("CARGO_BIN_EXE_kvm-exit-loop");
+
+/// Live tests need root, /dev/kvm, BPF and tracefs. They fail, never skip, without them: a
+/// green run that skipped them would hide a broken build.
+pub fn require_live() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "live tests must run as root (eBPF, tracefs): run `sudo scripts/test`");
+    assert!(Path::new("/dev/kvm").exists(), "/dev/kvm is missing: live tests need KVM");
+    profiler_daemon::tracefs::ensure_mounted().expect("tracefs with KVM tracepoints is required");
+}
+
+pub fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the bad-input contract: non-zero exit, exactly one line on stderr that contains
+/// `needle`, and no panic.
+pub fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].contains(needle), "error line {:?} does not mention {needle:?}", lines[0]);
+}
+
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// `kvmprof report FILE ARGS... --format json`, parsed.
+pub fn report_json(file: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["report", path_str(file), "--format", "json"];
+    a.extend_from_slice(args);
+    let o = run(KVMPROF, &a);
+    assert!(o.status.success(), "report failed: {}", stderr(&o));
+    json(&stdout(&o))
+}
+
+pub fn rows(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["rows"].as_array().expect("rows")
+}
+
+pub fn row_at<'a>(v: &'a serde_json::Value, key: &str, value: &str) -> &'a serde_json::Value {
+    rows(v).iter().find(|r| r[key] == value).unwrap_or_else(|| panic!("no row with {key} = {value} in {v:#}"))
+}
+
+/// The directory holding the workspace's release binaries (for other packages' binaries).
+pub fn target_bin(name: &str) -> PathBuf {
+    let p = Path::new(KVMPROF).with_file_name(name);
+    assert!(p.exists(), "{} not built: run `cargo build --release --workspace` first", p.display());
+    p
+}

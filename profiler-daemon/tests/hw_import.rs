@@ -1,0 +1,129 @@
+//! The hw source (`kvm_exit`/`kvm_entry`) cannot fire on this PVM host, so real-format text of
+//! those tracepoints, as ftrace and `perf script` print them on VMX and SVM hosts, is replayed
+//! through `kvmprof import`: the same `ThreadState` state machine the eBPF programs run.
+mod common;
+
+use std::fmt::Write;
+
+use common::*;
+
+/// ftrace text from a VMX host (with `options/record-tgid`), two vCPU threads.
+fn vmx_ftrace() -> String {
+    let mut t = String::from("# tracer: nop\n#\n");
+    let line = |t: &mut String, tid: u32, ts: &str, ev: &str| {
+        let comm = if tid == 4242 { "CPU 0/KVM" } else { "CPU 1/KVM" };
+        writeln!(t, "       {comm}-{tid}    (4240) [002] d..2.  {ts}: {ev}").unwrap();
+    };
+    for i in 0..3 {
+        let base = format!("100.00{i}");
+        line(&mut t, 4242, &format!("{base}000"), "kvm_exit: vcpu 0 reason IO_INSTRUCTION rip 0xffffffff81001000 info1 0x0000000001f70000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000");
+        line(&mut t, 4242, &format!("{base}001"), "kvm_pio: pio_write at 0x1f7 size 1 count 1 val 0x30");
+        // On hw these fire too, but do not delimit exits.
+        line(&mut t, 4242, &format!("{base}002"), "kvm_userspace_exit: reason KVM_EXIT_IO (2)");
+        line(&mut t, 4242, &format!("{base}009"), "kvm_fpu: load");
+        line(&mut t, 4242, &format!("{base}010"), "kvm_entry: vcpu 0, rip 0xffffffff81001002 intr_info 0x00000000 error_code 0x00000000");
+    }
+    line(&mut t, 4242, "100.003000", "kvm_exit: vcpu 0 reason EPT_VIOLATION rip 0xffffffff81002000 info1 0x0000000000000182 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000");
+    line(&mut t, 4242, "100.003001", "kvm_emulate_insn: 0:ffffffff81002000:89 01 (prot64)");
+    line(&mut t, 4242, "100.003002", "kvm_mmio: mmio write len 4 gpa 0xfebf0000 val 0x1");
+    line(&mut t, 4242, "100.003004", "kvm_entry: vcpu 0, rip 0xffffffff81002002");
+    for start in ["100.000500", "100.002500"] {
+        line(&mut t, 4243, start, "kvm_exit: vcpu 1 reason HLT rip 0xffffffff81003000 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000");
+    }
+    // Entries 1 ms after each HLT (interleaved with vCPU 0 in a real trace; order per thread is what counts).
+    let mut lines: Vec<String> = t.lines().map(String::from).collect();
+    lines.push("       CPU 1/KVM-4243    (4240) [003] d..2.  100.001500: kvm_entry: vcpu 1, rip 0xffffffff81003001".into());
+    lines.push("       CPU 1/KVM-4243    (4240) [003] d..2.  100.003500: kvm_entry: vcpu 1, rip 0xffffffff81003001".into());
+    // Sort by timestamp as ftrace would print them.
+    let ts = |l: &String| l.split("]").nth(1).and_then(|r| r.split_whitespace().nth(1)).map(String::from).unwrap_or_default();
+    let (head, mut body): (Vec<String>, Vec<String>) = lines.into_iter().partition(|l| l.starts_with('#'));
+    body.sort_by_key(ts);
+    head.into_iter().chain(body).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// `perf script` text from an SVM host.
+fn svm_perf_script() -> String {
+    let mut t = String::new();
+    let mut ts = 2000.0f64;
+    let mut ev = |t: &mut String, dt_us: f64, e: &str| {
+        ts += dt_us / 1e6;
+        writeln!(t, " qemu-system-x86  5001 [003] {ts:.6}: kvm:{e}").unwrap();
+    };
+    for _ in 0..2 {
+        ev(&mut t, 100.0, "kvm_exit: vcpu 0 reason io rip 0xffffffff81001000 info1 0x0000000001f70010 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000");
+        ev(&mut t, 1.0, "kvm_pio: pio_read at 0x1f7 size 1 count 1 val 0x50");
+        ev(&mut t, 2.0, "kvm_entry: vcpu 0, rip 0xffffffff81001002");
+    }
+    ev(&mut t, 100.0, "kvm_exit: vcpu 0 reason npf rip 0xffffffff81002000 info1 0x0000000000000006 info2 0x00000000febf0000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000");
+    ev(&mut t, 7.0, "kvm_entry: vcpu 0, rip 0xffffffff81002000");
+    ev(&mut t, 100.0, "kvm_exit: vcpu 0 reason DE excp rip 0xffffffff81004000 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000000");
+    ev(&mut t, 5.0, "kvm_entry: vcpu 0, rip 0xffffffff81004000");
+    t
+}
+
+fn import(format: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tmpdir();
+    let txt = dir.path().join("trace.txt");
+    std::fs::write(&txt, text).unwrap();
+    let rec = dir.path().join("rec.kvmprof");
+    let o = run(KVMPROF, &["import", format, path_str(&txt), "-o", path_str(&rec)]);
+    assert!(o.status.success(), "import failed: {}", stderr(&o));
+    (dir, rec)
+}
+
+#[test]
+fn vmx_ftrace_counts_times_and_names() {
+    let (_d, rec) = import("ftrace", &vmx_ftrace());
+    let v = report_json(&rec, &["--by", "rip"]);
+    assert_eq!(v["source"], "hw");
+    let io = row_at(&v, "rip", "0xffffffff81001000");
+    assert_eq!(io["count"], 3);
+    assert_eq!(io["time_ns"], 30_000, "exit -> entry is 10 us, three times");
+    assert_eq!(io["reason"], "IO_INSTRUCTION");
+    assert_eq!(io["port"], "0x1f7");
+    assert_eq!(io["direction"], "out");
+    let ept = row_at(&v, "rip", "0xffffffff81002000");
+    assert_eq!((ept["count"].as_u64(), ept["time_ns"].as_u64()), (Some(1), Some(4_000)));
+    assert_eq!(ept["reason"], "EPT_VIOLATION");
+    assert!(ept["port"].is_null(), "an MMIO exit has no port");
+    let hlt = row_at(&v, "rip", "0xffffffff81003000");
+    assert_eq!((hlt["count"].as_u64(), hlt["time_ns"].as_u64()), (Some(2), Some(2_000_000)));
+    assert_eq!(hlt["reason"], "HLT");
+    assert_eq!(rows(&v).len(), 3);
+    assert_eq!(v["total_time_ns"], 30_000 + 4_000 + 2_000_000);
+
+    let by_vcpu = report_json(&rec, &["--by", "vcpu"]);
+    let vcpu = |n: u64| rows(&by_vcpu).iter().find(|r| r["vcpu"] == n).unwrap_or_else(|| panic!("no vCPU {n}: {by_vcpu:#}")).clone();
+    assert_eq!((vcpu(0)["count"].as_u64(), vcpu(0)["tid"].as_u64()), (Some(4), Some(4242)));
+    assert_eq!((vcpu(1)["count"].as_u64(), vcpu(1)["tid"].as_u64()), (Some(2), Some(4243)));
+
+    let by_reason = report_json(&rec, &["--by", "reason"]);
+    assert_eq!(row_at(&by_reason, "reason", "IO_INSTRUCTION")["count"], 3);
+}
+
+#[test]
+fn svm_perf_script_counts_times_and_names() {
+    let (_d, rec) = import("perf-script", &svm_perf_script());
+    let v = report_json(&rec, &["--by", "rip"]);
+    assert_eq!(v["source"], "hw");
+    let io = row_at(&v, "rip", "0xffffffff81001000");
+    assert_eq!((io["count"].as_u64(), io["time_ns"].as_u64()), (Some(2), Some(6_000)));
+    assert_eq!(io["reason"], "io");
+    assert_eq!((io["port"].as_str(), io["direction"].as_str()), (Some("0x1f7"), Some("in")));
+    let npf = row_at(&v, "rip", "0xffffffff81002000");
+    assert_eq!((npf["count"].as_u64(), npf["time_ns"].as_u64(), npf["reason"].as_str()), (Some(1), Some(7_000), Some("npf")));
+    let de = row_at(&v, "rip", "0xffffffff81004000");
+    assert_eq!((de["count"].as_u64(), de["time_ns"].as_u64(), de["reason"].as_str()), (Some(1), Some(5_000), Some("DE excp")));
+    assert_eq!(v["total_exits"], 4);
+}
+
+#[test]
+fn text_without_kvm_events_is_refused() {
+    let dir = tmpdir();
+    let txt = dir.path().join("junk.txt");
+    std::fs::write(&txt, "hello\nworld\n").unwrap();
+    let o = run(KVMPROF, &["import", "ftrace", path_str(&txt), "-o", path_str(&dir.path().join("r"))]);
+    assert_one_line_error(&o, "no KVM tracepoint events");
+    let o = run(KVMPROF, &["import", "ftrace", "/no/such/file", "-o", path_str(&dir.path().join("r"))]);
+    assert_one_line_error(&o, "cannot read /no/such/file");
+}
