@@ -49,6 +49,7 @@ pub struct SymbolizeArgs {
 /// - `vmlinux` alone: link addresses, slide from `kaslr` (hex) if given.
 /// - `vmlinux` + `kallsyms`: slide detected from the two files (or `kaslr` hex if given).
 /// - `kallsyms` alone: runtime addresses; a hex `kaslr` is still subtracted.
+///
 /// Symbolizer warnings (no DWARF, split DWARF) go to stderr.
 pub fn load_symbolizer(
     vmlinux: Option<&Path>,

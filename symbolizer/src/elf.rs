@@ -50,7 +50,17 @@ pub fn load(path: &Path) -> Result<ElfInput, SymbolizeError> {
             path.display()
         ));
     }
-    let dwarf = if has_dwarf {
+    // A relocatable object (.o, .ko) needs its DWARF relocated and has overlapping
+    // section-relative addresses; a linked file (vmlinux) needs neither.
+    let relocatable = obj.kind() == object::ObjectKind::Relocatable;
+    if relocatable {
+        warnings.push(format!(
+            "{} is a relocatable object (.o/.ko): addresses are section offsets and DWARF is not used; \
+             pass the linked vmlinux for file:line and inlined frames",
+            path.display()
+        ));
+    }
+    let dwarf = if has_dwarf && !relocatable {
         if let Some(w) = split_dwarf_warning(&obj, path) {
             warnings.push(w);
         }
@@ -64,6 +74,8 @@ pub fn load(path: &Path) -> Result<ElfInput, SymbolizeError> {
                 None
             }
         }
+    } else if relocatable {
+        None
     } else {
         let hint = debuglink(&obj)
             .map(|f| format!("; its debug info is in a separate file `{f}` (.gnu_debuglink): pass that file instead"))

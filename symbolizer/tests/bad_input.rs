@@ -161,3 +161,16 @@ fn symbol_address(elf: &Path, name: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("{name} not in {}", elf.display()))
 }
+
+#[test]
+fn relocatable_object_answers_from_symbols_and_says_so() {
+    let dir = common::temp_dir("reloc");
+    let src = dir.join("m.c");
+    std::fs::write(&src, "int modfunc(int x) { return x * 7; }\n").unwrap();
+    let obj = dir.join("m.o");
+    common::run(Command::new("gcc").args(["-O2", "-g", "-c"]).arg(&src).arg("-o").arg(&obj));
+    let sym = Symbolizer::from_elf(&obj).unwrap();
+    assert!(!sym.has_dwarf());
+    assert!(sym.warnings().iter().any(|w| w.contains("relocatable")), "{:?}", sym.warnings());
+    assert_eq!(sym.function_name(1).as_deref(), Some("modfunc"));
+}
