@@ -1,7 +1,9 @@
 //! Exactness against binutils `addr2line -f -i -C -e`: every byte address of `.text` of a
 //! gcc/g++ `-g -O2` test program (C with static inlines and clones, C++ templates), so
 //! instruction starts, mid-instruction bytes, CRT code without DWARF and inter-function
-//! padding are all covered. Function names, inlined chains and file:line must be identical.
+//! padding are all covered; and every byte of the Rust functions of a `rustc -g -O` program
+//! (Rust demangling, inlining through generics and closures). Function names, inlined
+//! chains and file:line must be identical.
 //! The differences allowed are the ones documented in the crate docs, each checked here
 //! to be exactly that and nothing else:
 //! - no ` (discriminator N)` suffix (stripped from binutils' output);
@@ -27,9 +29,39 @@ fn every_text_byte_matches_binutils() {
     let addrs: Vec<u64> = (text.address()..text.address() + text.size()).collect();
     assert!(addrs.len() > 1000, "test program too small: {}", addrs.len());
 
-    let sym = Symbolizer::from_elf(&elf).unwrap();
+    let expected = compare(&elf, &addrs);
+    // The comparison is only meaningful if the program really has inlined chains and C++.
+    assert!(expected.iter().flatten().any(|l| l.contains("kvm::drain<long>(kvm::Ring<long>&, int)")), "no demangled C++ names");
+    assert!(expected.iter().flatten().any(|l| l == "ide_select"), "no inlined C frame");
+}
+
+/// Every byte of the program's own Rust functions (not std's): Rust demangling and
+/// inlined chains through generics and closures.
+#[test]
+fn rust_functions_match_binutils() {
+    let dir = common::temp_dir("exact-rust");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/guest_rust.rs");
+    let elf = dir.join("exits");
+    common::run(std::process::Command::new("rustc").args(["-g", "-C", "opt-level=2"]).arg(&src).arg("-o").arg(&elf));
+    let nm = std::process::Command::new("nm").args(["-S", "-C", "--defined-only"]).arg(&elf).output().unwrap();
+    let mut addrs = Vec::new();
+    for line in String::from_utf8(nm.stdout).unwrap().lines() {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        if f.len() == 4 && "tT".contains(f[2]) && f[3].contains("guest_rust::") {
+            let (a, z) = (u64::from_str_radix(f[0], 16).unwrap(), u64::from_str_radix(f[1], 16).unwrap());
+            addrs.extend(a..a + z);
+        }
+    }
+    assert!(addrs.len() > 200, "too few Rust addresses: {}", addrs.len());
+    let expected = compare(&elf, &addrs);
+    assert!(expected.iter().flatten().any(|l| l == "<guest_rust::Uart as guest_rust::Device>::io"), "no demangled Rust trait impl");
+}
+
+/// Compares every address; returns binutils' answers for the caller's sanity checks.
+fn compare(elf: &std::path::Path, addrs: &[u64]) -> Vec<Vec<String>> {
+    let sym = Symbolizer::from_elf(elf).unwrap();
     assert!(sym.warnings().is_empty(), "{:?}", sym.warnings());
-    let expected = common::binutils_addr2line(&elf, &addrs);
+    let expected = common::binutils_addr2line(elf, addrs);
 
     let mut mismatches = Vec::new();
     let (mut inlined, mut mangled, mut wrong_file) = (0, 0, 0);
@@ -75,10 +107,9 @@ fn every_text_byte_matches_binutils() {
     );
     // Exceptions must stay exceptions.
     assert!(mangled + wrong_file < addrs.len() / 10, "too many allowed differences");
-    // The comparison is only meaningful if the program really has inlined chains and C++.
-    assert!(inlined > 100, "only {inlined} addresses with inlined frames");
-    assert!(expected.iter().flatten().any(|l| l.contains("kvm::drain<long>(kvm::Ring<long>&, int)")), "no demangled C++ names");
-    assert!(expected.iter().flatten().any(|l| l == "ide_select"), "no inlined C frame");
+    // The comparison is only meaningful if the program really has inlined chains.
+    assert!(inlined > 50, "only {inlined} addresses with inlined frames");
+    expected
 }
 
 /// binutils said `file:N` and we said `other:N`, and `file` has fewer than N lines.
