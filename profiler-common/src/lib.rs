@@ -13,6 +13,12 @@ pub const HIST_BUCKETS: usize = 32;
 /// `vcpu` value when the tracepoints do not name the vCPU (the emulated source).
 pub const NO_VCPU: u32 = u32::MAX;
 
+/// `ExitKey::caller` when no caller frame could be read (no memory map yet, guest paging not
+/// understood, page not present, ...).
+pub const UNKNOWN_CALLER: u64 = 0;
+
+pub mod guest;
+
 /// `ExitKey::isa`: which table `reason` is a code of.
 pub mod isa {
     /// `reason` is a `KVM_EXIT_*` code (emulated source, user-space exits).
@@ -60,6 +66,9 @@ pub struct ExitKey {
     pub rip: u64,
     /// Port (for `PORT_*`) or guest-physical address (for `MMIO_*`), else 0.
     pub detail: u64,
+    /// Return address in the guest function that called the one that exited (read at the exit
+    /// through the guest's frame pointer, see [`guest`]); [`UNKNOWN_CALLER`] when not readable.
+    pub caller: u64,
     /// Process (VMM) and thread (vCPU thread) ids.
     pub tgid: u32,
     pub tid: u32,
@@ -143,7 +152,9 @@ pub struct PendingExit {
     pub active: u8,
     /// The emulated exit has reached user space (`kvm_userspace_exit` seen).
     pub exited: u8,
-    pub _pad: [u8; 6],
+    /// The caller of this exit has been looked up (see [`ThreadState::take_caller_lookup`]).
+    pub caller_done: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Per vCPU-thread state. Events of one thread arrive in order, so no locking is needed.
@@ -158,6 +169,9 @@ pub struct ThreadState {
     pub comm: [u8; 16],
     pub tgid: u32,
     pub _pad: u32,
+    /// The thread's `struct kvm_vcpu *` (kernel address), as last seen by the raw tracepoint
+    /// on `kvm_emulate_insn` / `kvm_exit`: the guest registers are read from it at each exit.
+    pub vcpu_ptr: u64,
 }
 
 /// Who ran the event: the VMM process and its vCPU thread.
@@ -186,7 +200,8 @@ impl ThreadState {
             end_ns: 0,
             active: 1,
             exited: exited as u8,
-            _pad: [0; 6],
+            caller_done: 0,
+            _pad: [0; 5],
         };
     }
 
@@ -252,7 +267,7 @@ impl ThreadState {
             reason,
             isa: isa::KVM_EXIT,
             detail_kind: kind,
-            _pad: [0; 6],
+            ..ExitKey::default()
         };
         self.begin(now, key, false);
         done
@@ -280,6 +295,19 @@ impl ThreadState {
         done
     }
 
+    /// True once per exit, right after it began: the moment to read its caller, while the
+    /// guest registers still belong to the exiting instruction. Later events of the same exit
+    /// (a read's completion, the user-space exit after a write) return false, so the frame walk
+    /// runs once per exit, never per instruction.
+    pub fn take_caller_lookup(&mut self) -> bool {
+        let p = &mut self.pending;
+        if p.active == 0 || p.caller_done != 0 {
+            return false;
+        }
+        p.caller_done = 1;
+        true
+    }
+
     /// `kvm:kvm_fpu` load: the thread re-entered KVM_RUN, which ends a user-space exit.
     pub fn on_run_entry(&mut self, now: u64) {
         let p = &mut self.pending;
@@ -291,6 +319,10 @@ impl ThreadState {
 
 /// Names and sizes of the maps, shared so the loader and the programs cannot disagree.
 pub mod maps {
+    /// `Array<u32>` of one slot: 1 while recording. Programs attach and detach one at a time;
+    /// the switch makes the recorded window start after the last attach and end before the
+    /// first detach, so no exit is seen by only some of the programs.
+    pub const CONTROL: &str = "CONTROL";
     /// `PerCpuHashMap<ExitKey, ExitStats>`: the in-kernel aggregation.
     pub const EXITS: &str = "EXITS";
     pub const EXITS_MAX_ENTRIES: u32 = 65536;
@@ -302,6 +334,10 @@ pub mod maps {
     pub const RECORDS_BYTES: u32 = 16 << 20;
     /// `PerCpuArray<u64>` of loss counters, indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `HashMap<u32 tgid, guest::GuestMemMap>`: guest-physical -> host-virtual regions of each
+    /// traced VMM, filled by the daemon (from `--guest-memory-map` or tinyvmm's `--memory-map`).
+    pub const GUEST_MEMORY: &str = "GUEST_MEMORY";
+    pub const GUEST_MEMORY_MAX_ENTRIES: u32 = 256;
 }
 
 /// Indexes into the `COUNTERS` map: everything that was lost is counted, never silent.
@@ -344,9 +380,29 @@ pub const FIELD_GLOBALS: &[(&str, &str, &str)] = &[
     ("EXIT_VCPU_ID", "kvm_exit", "vcpu_id"),
 ];
 
+/// Byte offsets inside `struct kvm_vcpu` the programs read guest registers at, taken at load
+/// time from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), never from a header: the
+/// layout changes with kernel version and config. `(global, kvm_vcpu_arch member, index)`:
+/// the offset is `offsetof(kvm_vcpu, arch) + offsetof(kvm_vcpu_arch, member) + 8 * index`.
+pub const VCPU_GLOBALS: &[(&str, &str, u32)] = &[
+    // regs[VCPU_REGS_RSP = 4], regs[VCPU_REGS_RBP = 5] (arch/x86/include/asm/kvm_vcpu_regs.h).
+    ("VCPU_RSP", "regs", 4),
+    ("VCPU_RBP", "regs", 5),
+    ("VCPU_REGS_AVAIL", "regs_avail", 0),
+    ("VCPU_CR0", "cr0", 0),
+    ("VCPU_CR3", "cr3", 0),
+    ("VCPU_CR4", "cr4", 0),
+    ("VCPU_EFER", "efer", 0),
+];
+
+/// Bit of `kvm_vcpu_arch::regs_avail` saying `regs[VCPU_REGS_RSP]` is current. On VMX/SVM the
+/// guest RSP lives in the VMCS/VMCB and is copied into `regs[]` only on demand.
+pub const REGS_AVAIL_RSP: u32 = 1 << 4;
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C), made only of integers, with explicit padding.
+    // SAFETY: all are repr(C), made only of integers, with explicit padding.
+    unsafe impl aya::Pod for super::guest::GuestMemMap {}
     unsafe impl aya::Pod for super::ExitKey {}
     unsafe impl aya::Pod for super::ExitStats {}
     unsafe impl aya::Pod for super::ThreadState {}

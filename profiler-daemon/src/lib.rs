@@ -2,7 +2,10 @@
 //!
 //! The `kvmprof` binary is a thin CLI over these modules.
 pub mod aggregate;
+pub mod btf;
+pub mod callers;
 pub mod exit_loop;
+pub mod guest_memory;
 pub mod import;
 pub mod reasons;
 pub mod record;

@@ -85,6 +85,12 @@ struct RecordArgs {
     /// Which tracepoints give the exits.
     #[arg(long, value_enum, default_value = "auto")]
     source: SourceArg,
+    /// The VMM's guest memory map, for caller attribution (`report --by caller`): JSON
+    /// {"pid":N,"regions":[{"guest_phys":"0x0","size":N,"host_virt":"0x7f.."}]}, as written by
+    /// `tinyvmm run --memory-map FILE`. Not needed for `-- tinyvmm run ...` (kvmprof asks
+    /// tinyvmm for it); with a command, kvmprof waits for the command to write it.
+    #[arg(long, value_name = "FILE")]
+    guest_memory_map: Option<PathBuf>,
     /// The command to run and trace (after --).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -153,7 +159,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Record(a) => record::run(&RecordOptions {
+        Cmd::Record(a) => record::run_with_map(&RecordOptions {
             output: a.output,
             pid: a.pid,
             duration: a
@@ -164,7 +170,7 @@ fn run(cli: Cli) -> Result<i32> {
             source: a.source.resolve(),
             command: a.command,
             quiet: false,
-        }),
+        }, a.guest_memory_map.as_deref()),
         Cmd::Report(a) => {
             let rec = Recording::load(&a.file)?;
             let sym = symbolize_cmd::load_symbolizer(a.vmlinux.as_deref(), a.kallsyms.as_deref(), a.kaslr_offset.as_deref())?;
@@ -207,7 +213,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             for s in sources {
                 tracer::check_attach(&tfs, s)?;
-                println!("{}: loaded and attached to {}", s.name(), s.tracepoints().join(", "));
+                println!("{}: loaded and attached to {}", s.name(), s.attach_points().join(", "));
             }
             println!("detected source on this host: {}", Source::detect().name());
             Ok(0)

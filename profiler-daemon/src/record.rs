@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::recording::{Meta, Recording};
 use crate::tracefs;
+use crate::guest_memory::{self, FeedStatus, Feeder};
 use crate::tracer::{require_root, Source, Tracer, TracerConfig};
 
 pub struct RecordOptions {
@@ -127,6 +128,12 @@ fn hostname() -> String {
 }
 
 pub fn run(opts: &RecordOptions) -> Result<i32> {
+    run_with_map(opts, None)
+}
+
+/// `run`, with the guest memory map for caller attribution (`--guest-memory-map`; see
+/// `guest_memory` for where the map comes from without it).
+pub fn run_with_map(opts: &RecordOptions, guest_memory_map: Option<&Path>) -> Result<i32> {
     if opts.pid.is_some() && !opts.command.is_empty() {
         bail!("give either --pid or a command after --, not both");
     }
@@ -138,13 +145,18 @@ pub fn run(opts: &RecordOptions) -> Result<i32> {
     let tracefs = tracefs::ensure_mounted()?;
     let source = opts.source.unwrap_or_else(Source::detect);
 
-    let mut child = if opts.command.is_empty() { None } else { Some(GatedChild::spawn(&opts.command)?) };
+    let (command, map_source) = guest_memory::prepare(&opts.command, guest_memory_map, opts.pid)?;
+    let mut child = if command.is_empty() { None } else { Some(GatedChild::spawn(&command)?) };
     let target = match (&child, opts.pid) {
         (Some(c), _) => c.child.id(),
         (None, Some(pid)) => pid,
         (None, None) => 0,
     };
     let mut tracer = Tracer::start(&tracefs, &TracerConfig { source, target_tgid: target, stream_records: opts.records })?;
+    let feeder = match (tracer.guest_memory(), target) {
+        (Some(w), t) if t != 0 => Some(Feeder::start(map_source, w, t)?),
+        _ => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -186,6 +198,7 @@ pub fn run(opts: &RecordOptions) -> Result<i32> {
     }
     let end_unix_ns = unix_ns();
     let collected = tracer.finish()?;
+    let map_status = feeder.map(|f| (f.source().describe(), f.finish()));
     if let Some(c) = &mut child {
         if command_status.is_none() {
             // Stopped by --duration or a signal: the command keeps its own fate (a terminal
@@ -215,6 +228,14 @@ pub fn run(opts: &RecordOptions) -> Result<i32> {
     rec.save(&opts.output)?;
     if !opts.quiet {
         summarize(&rec, &opts.output);
+    }
+    match map_status {
+        // The recording is saved; a bad map is still an error the user must see.
+        Some((what, FeedStatus::Failed(e))) => bail!("callers are unknown: {e} (map: {what})"),
+        Some((what, FeedStatus::NeverArrived)) if !opts.quiet => {
+            eprintln!("kvmprof: warning: the guest memory map ({what}) never arrived: callers are unknown")
+        }
+        _ => {}
     }
     Ok(0)
 }

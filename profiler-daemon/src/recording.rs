@@ -12,7 +12,8 @@
 //!   "exits":   [ { "tgid", "tid", "vcpu": N|null, "isa": "kvm_exit"|"vmx"|"svm", "reason": N,
 //!                  "reason_name", "rip": "0x..", "detail_kind": "none"|"port_in"|"port_out"|
 //!                  "mmio_read"|"mmio_write", "detail": "0x..", "count", "total_ns",
-//!                  "hist": [32 counts: bucket i = [2^i, 2^(i+1)) ns] } ],
+//!                  "hist": [32 counts: bucket i = [2^i, 2^(i+1)) ns],
+//!                  "caller_rip": "0x.."|null (optional; null/absent = unknown caller) } ],
 //!   "records": [ [start_ns, duration_ns, index into "exits"], ... ] | null }
 //! ```
 //! `unfinished_exits` counts exits still open when recording stopped (e.g. the final HLT of a
@@ -22,7 +23,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use profiler_common::{detail, isa, ExitKey, ExitStats, HIST_BUCKETS, NO_VCPU};
+use profiler_common::{detail, isa, ExitKey, ExitStats, HIST_BUCKETS, NO_VCPU, UNKNOWN_CALLER};
 use serde::{Deserialize, Serialize};
 
 use crate::reasons;
@@ -98,6 +99,10 @@ pub struct ExitRow {
     pub count: u64,
     pub total_ns: u64,
     pub hist: Vec<u64>,
+    /// Return address in the guest caller of the exiting function; `None` = unknown (absent
+    /// in recordings made before caller attribution).
+    #[serde(default)]
+    pub caller_rip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,6 +157,7 @@ impl ExitRow {
             count: stats.count,
             total_ns: stats.total_ns,
             hist: stats.hist.to_vec(),
+            caller_rip: (key.caller != UNKNOWN_CALLER).then(|| format!("{:#x}", key.caller)),
         }
     }
 
@@ -161,6 +167,10 @@ impl ExitRow {
         let detail_kind = DETAIL_KINDS.iter().find(|(_, n)| *n == self.detail_kind).map(|(k, _)| *k).ok_or_else(|| bad("detail_kind"))?;
         let rip = parse_hex(&self.rip).ok_or_else(|| bad("rip"))?;
         let detail = parse_hex(&self.detail).ok_or_else(|| bad("detail"))?;
+        let caller = match &self.caller_rip {
+            Some(c) => parse_hex(c).ok_or_else(|| bad("caller_rip"))?,
+            None => UNKNOWN_CALLER,
+        };
         if self.hist.len() != HIST_BUCKETS {
             return Err(format!("exit {i}: histogram has {} buckets, expected {HIST_BUCKETS}", self.hist.len()));
         }
@@ -173,6 +183,7 @@ impl ExitRow {
         let key = ExitKey {
             rip,
             detail,
+            caller,
             tgid: self.tgid,
             tid: self.tid,
             vcpu: self.vcpu.unwrap_or(NO_VCPU),

@@ -21,6 +21,8 @@ pub enum GroupBy {
     Port,
     /// One row per vCPU thread.
     Vcpu,
+    /// One row per trap address and caller: the paper's Table 3 (see `callers`).
+    Caller,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +46,10 @@ pub struct Row {
     pub time_ns: u64,
     pub percent: f64,
     pub mean_ns: u64,
+    /// `--by caller`: return address in the caller (hex), `None` = unknown caller.
+    pub caller_rip: Option<String>,
+    /// `--by caller`: the function that made that call.
+    pub caller_function: Option<String>,
 }
 
 /// Everything a report prints, before formatting.
@@ -69,6 +75,8 @@ struct Acc {
     time_ns: u64,
     /// For function rows: the hottest RIP seen in the function, and its count.
     top_rip: Option<(u64, u64)>,
+    /// For caller rows: the caller's return address (0 = unknown).
+    caller: Option<u64>,
 }
 
 fn port_of(e: &Exit) -> Option<(u8, u64)> {
@@ -107,6 +115,7 @@ pub fn build(rec: &Recording, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Strin
                 None => continue,
             },
             GroupBy::Vcpu => format!("{}/{}", k.tgid, k.tid),
+            GroupBy::Caller => format!("{:016x}/{:016x}/{}/{}", k.rip, k.caller, k.isa, k.reason),
         };
         let acc = groups.entry(group).or_default();
         acc.count += e.stats.count;
@@ -135,6 +144,11 @@ pub fn build(rec: &Recording, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Strin
                 acc.vcpu = vcpu;
                 acc.tid = Some(k.tid);
             }
+            GroupBy::Caller => {
+                acc.rip = Some(k.rip);
+                acc.function = func(k.rip);
+                acc.caller = Some(k.caller);
+            }
             _ => {}
         }
     }
@@ -161,12 +175,17 @@ pub fn build(rec: &Recording, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Strin
                 time_ns: a.time_ns,
                 percent,
                 mean_ns: if a.count > 0 { a.time_ns / a.count } else { 0 },
+                caller_rip: a.caller.filter(|c| *c != profiler_common::UNKNOWN_CALLER).map(|c| format!("{c:#x}")),
+                caller_function: a.caller.and_then(|c| crate::callers::caller_function(c, resolve)),
             }
         })
         .collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then(b.time_ns.cmp(&a.time_ns)).then(a.rip.cmp(&b.rip)));
 
     let mut notes = Vec::new();
+    if by == GroupBy::Caller {
+        notes.push(crate::callers::unknown_note(&exits));
+    }
     let m = &rec.meta;
     if m.unfinished_exits > 0 {
         notes.push(format!("{} exit(s) were still open when recording stopped (e.g. a final HLT); their time is what was measured before that", m.unfinished_exits));
@@ -231,6 +250,9 @@ impl Report {
     }
 
     fn table(&self, rows: &[Row]) -> String {
+        if self.by == GroupBy::Caller {
+            return crate::callers::table(self, rows);
+        }
         let mut s = String::new();
         let _ = writeln!(
             s,

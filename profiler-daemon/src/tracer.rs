@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::TracePoint;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use profiler_common::guest::GuestMemMap;
 use profiler_common::{counter, globals, maps, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
 
 use crate::aggregate::Aggregate;
@@ -41,6 +42,25 @@ impl Source {
         }
     }
 
+    /// Raw-tracepoint programs that note each vCPU thread's `struct kvm_vcpu *` for caller
+    /// attribution: `(program, tracepoint)`. (fentry/tp_btf would be the BTF-typed choice,
+    /// but BPF_PROG_TYPE_TRACING is not available on every kernel, e.g. not on this PVM host.)
+    pub fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Source::Hw => &[("vcpu_of_exit", "kvm_exit")],
+            Source::Emulated => &[("vcpu_of_insn", "kvm_emulate_insn")],
+        }
+    }
+
+    /// Everything `check` and `record` attach, for messages.
+    pub fn attach_points(self) -> Vec<String> {
+        let mut v: Vec<String> = self.tracepoints().iter().map(|t| format!("kvm:{t}")).collect();
+        for (_, tp) in self.raw_programs() {
+            v.push(format!("raw_tp:{tp}"));
+        }
+        v
+    }
+
     /// `kvm_exit` fires on VMX/SVM hosts; elsewhere (PVM, or no hardware support) KVM runs
     /// the guest through its emulator and only the emulated source sees exits.
     pub fn detect() -> Source {
@@ -62,11 +82,24 @@ pub struct TracerConfig {
 
 pub struct Tracer {
     ebpf: Option<Ebpf>,
+    control: Array<MapData, u32>,
     exits: PerCpuHashMap<MapData, ExitKey, ExitStats>,
     threads: HashMap<MapData, u32, ThreadState>,
     counters: PerCpuArray<MapData, u64>,
     records: Option<RingBuf<MapData>>,
+    guest_memory: Option<HashMap<MapData, u32, GuestMemMap>>,
     drained: Vec<ExitRecord>,
+}
+
+/// Write access to the in-kernel `GUEST_MEMORY` map, movable to the thread that waits for a
+/// VMM's memory map.
+pub struct GuestMemoryMap(HashMap<MapData, u32, GuestMemMap>);
+
+impl GuestMemoryMap {
+    /// From now on, exits of process `tgid` get callers read through `map`.
+    pub fn set(&mut self, tgid: u32, map: &GuestMemMap) -> Result<()> {
+        self.0.insert(tgid, map, 0).context("cannot store the guest memory map in the kernel")
+    }
 }
 
 /// What one recording collected, plus its loss counters.
@@ -95,6 +128,12 @@ impl Tracer {
         for (name, off) in &offsets {
             loader.override_global(name, off, true);
         }
+        // struct kvm_vcpu offsets from this kernel's BTF (see profiler_common::VCPU_GLOBALS).
+        let kbtf = crate::btf::Btf::from_file(Path::new(crate::btf::VMLINUX_BTF))?;
+        let vcpu_offsets = crate::btf::vcpu_offsets(&kbtf).context("caller attribution needs struct kvm_vcpu in the kernel's BTF")?;
+        for (name, off) in &vcpu_offsets {
+            loader.override_global(name, off, true);
+        }
         if !cfg.stream_records {
             // The ring buffer is never written: don't pin 16 MiB of kernel memory for it.
             loader.map_max_entries(maps::RECORDS, 4096);
@@ -110,13 +149,32 @@ impl Tracer {
             prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {tp}: {e}"))?;
             prog.attach("kvm", tp).map_err(|e| anyhow!("cannot attach to tracepoint kvm:{tp}: {e}"))?;
         }
+        // Attached after the classic programs, so on a shared tracepoint they run second.
+        for (name, tp) in cfg.source.raw_programs() {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+                .try_into()
+                .map_err(|e| anyhow!("program {name}: {e}"))?;
+            prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {name}: {e}"))?;
+            prog.attach(tp).map_err(|e| anyhow!("cannot attach to raw tracepoint {tp}: {e}"))?;
+        }
 
         let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"));
         let exits = PerCpuHashMap::try_from(take(&mut ebpf, maps::EXITS)?)?;
         let threads = HashMap::try_from(take(&mut ebpf, maps::THREADS)?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?;
         let records = if cfg.stream_records { Some(RingBuf::try_from(take(&mut ebpf, maps::RECORDS)?)?) } else { None };
-        Ok(Tracer { ebpf: Some(ebpf), exits, threads, counters, records, drained: Vec::new() })
+        let guest_memory = Some(HashMap::try_from(take(&mut ebpf, maps::GUEST_MEMORY)?)?);
+        let mut control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
+        // Every program is attached: open the recorded window.
+        control.set(0, 1, 0).context("enabling the eBPF programs")?;
+        Ok(Tracer { ebpf: Some(ebpf), control, exits, threads, counters, records, guest_memory, drained: Vec::new() })
+    }
+
+    /// The writer of the in-kernel guest memory maps (once; later calls get `None`).
+    pub fn guest_memory(&mut self) -> Option<GuestMemoryMap> {
+        self.guest_memory.take().map(GuestMemoryMap)
     }
 
     /// Moves streamed records out of the ring buffer; call it often while recording so the
@@ -137,6 +195,8 @@ impl Tracer {
 
     /// Detaches every program (so the maps stop changing), then reads them.
     pub fn finish(mut self) -> Result<Collected> {
+        // Close the recorded window before the programs detach one by one.
+        self.control.set(0, 0, 0).context("disabling the eBPF programs")?;
         drop(self.ebpf.take());
         self.drain_records();
         let keep_records = self.records.is_some();

@@ -6,17 +6,30 @@
 //! - hw: `kvm_exit` + `kvm_entry`, with `kvm_pio`/`kvm_mmio` adding the port or address;
 //! - emulated (PVM, where `kvm_exit` never fires): `kvm_emulate_insn` gives the RIP,
 //!   `kvm_pio`/`kvm_mmio`/`kvm_userspace_exit` the exit, `kvm_fpu` load the re-entry.
+//!
+//! Caller attribution (the paper's Table 3): when an exit begins, the guest's RBP and paging
+//! registers are read from the thread's `struct kvm_vcpu` and the caller's return address
+//! (`[RBP + 8]`) from guest memory, through the VMM's own mapping of guest RAM
+//! (`bpf_probe_read_user`: the tracepoints run in the vCPU thread, so the VMM's mm is current).
+//! It has to happen here, at the exit: a moment later the guest has run on and its stack has
+//! changed, so a reader in user space would race. See `caller_of`.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use profiler_common::{
-    counter, detail, maps, mmio_type, ExitKey, ExitRecord, ExitStats, Thread, ThreadState,
+    counter, detail,
+    guest::{self, GuestMemMap, Paging},
+    maps, mmio_type, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, REGS_AVAIL_RSP,
+    UNKNOWN_CALLER,
 };
 
 // Read-only globals, set by the loader (`EbpfLoader::set_global`); the values here are only
@@ -54,7 +67,24 @@ static EXIT_GUEST_RIP: u32 = 0;
 static EXIT_ISA: u32 = 0;
 #[no_mangle]
 static EXIT_VCPU_ID: u32 = 0;
+// `struct kvm_vcpu` offsets from the running kernel's BTF (profiler_common::VCPU_GLOBALS).
+#[no_mangle]
+static VCPU_RSP: u32 = 0;
+#[no_mangle]
+static VCPU_RBP: u32 = 0;
+#[no_mangle]
+static VCPU_REGS_AVAIL: u32 = 0;
+#[no_mangle]
+static VCPU_CR0: u32 = 0;
+#[no_mangle]
+static VCPU_CR3: u32 = 0;
+#[no_mangle]
+static VCPU_CR4: u32 = 0;
+#[no_mangle]
+static VCPU_EFER: u32 = 0;
 
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static EXITS: PerCpuHashMap<ExitKey, ExitStats> =
     PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
@@ -67,6 +97,9 @@ static RECORDS: RingBuf = RingBuf::with_byte_size(maps::RECORDS_BYTES, 0);
 static SCRATCH: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static GUEST_MEMORY: HashMap<u32, GuestMemMap> =
+    HashMap::with_max_entries(maps::GUEST_MEMORY_MAX_ENTRIES, 0);
 
 #[inline(always)]
 fn global<T: Copy>(g: &'static T) -> T {
@@ -89,6 +122,9 @@ fn bump(index: u32) {
 /// The calling thread, if it belongs to the traced process.
 #[inline(always)]
 fn traced_thread() -> Option<Thread> {
+    if CONTROL.get(0).copied() != Some(1) {
+        return None;
+    }
     let id = bpf_get_current_pid_tgid();
     let t = Thread { tgid: (id >> 32) as u32, tid: id as u32 };
     let target = global(&TARGET_TGID);
@@ -148,6 +184,120 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+#[inline(always)]
+fn vcpu_field(vcpu: u64, offset: &'static u32) -> Option<u64> {
+    unsafe { bpf_probe_read_kernel((vcpu + global(offset) as u64) as *const u64).ok() }
+}
+
+/// Return address in the guest caller of the function that is exiting now, or
+/// `UNKNOWN_CALLER`. Reads RBP/RSP/CR0/CR3/CR4/EFER from `struct kvm_vcpu` at BTF offsets, walks
+/// the guest page tables (guest::translate, at most 5 reads) and reads `[RBP + 8]`; every
+/// read of guest memory goes through the VMM's mapping of guest RAM, in the VMM's mm.
+#[inline(always)]
+fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
+    let Some(mem) = (unsafe { GUEST_MEMORY.get(&t.tgid) }) else { return UNKNOWN_CALLER };
+    let vcpu = thread_vcpu(s, t);
+    if vcpu == 0 {
+        return UNKNOWN_CALLER;
+    }
+    let (Some(rbp), Some(cr0), Some(cr3), Some(cr4), Some(efer)) = (
+        vcpu_field(vcpu, &VCPU_RBP),
+        vcpu_field(vcpu, &VCPU_CR0),
+        vcpu_field(vcpu, &VCPU_CR3),
+        vcpu_field(vcpu, &VCPU_CR4),
+        vcpu_field(vcpu, &VCPU_EFER),
+    ) else {
+        return UNKNOWN_CALLER;
+    };
+    // RSP is only a sanity check, and only when KVM says regs[RSP] is current (on VMX/SVM it
+    // stays in the VMCS/VMCB unless something asked for it): a frame lies at or above RSP.
+    let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL).unwrap_or(0) as u32;
+    if avail & REGS_AVAIL_RSP != 0 {
+        if let Some(rsp) = vcpu_field(vcpu, &VCPU_RSP) {
+            if rbp < rsp {
+                return UNKNOWN_CALLER;
+            }
+        }
+    }
+    let paging = Paging { cr0, cr3, cr4, efer };
+    let read = |gpa: u64| -> Option<u64> {
+        let hva = mem.host_addr(gpa, 8)?;
+        unsafe { bpf_probe_read_user(hva as *const u64).ok() }
+    };
+    guest::return_address(&paging, rbp, read).unwrap_or(UNKNOWN_CALLER)
+}
+
+/// Once per exit, right after it began: fills in its caller.
+#[inline(always)]
+fn attribute_caller(s: &mut ThreadState, t: &Thread) {
+    if s.take_caller_lookup() {
+        s.pending.key.caller = caller_of(s, t);
+    }
+}
+
+/// The `struct kvm_vcpu *` the current CPU's KVM thread last traced with.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct VcpuSlot {
+    tid: u32,
+    _pad: u32,
+    vcpu: u64,
+}
+
+/// One slot per CPU, written by the raw tracepoints below and read by the exit programs of the
+/// same thread moments later. A per-CPU array lookup is inlined by the verifier (no hash, no
+/// lock), which keeps the per-instruction program on the emulated source to a few stores.
+#[map]
+static VCPU_SLOT: PerCpuArray<VcpuSlot> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn note_vcpu(vcpu: u64) {
+    let id = bpf_get_current_pid_tgid();
+    let target = global(&TARGET_TGID);
+    if target != 0 && (id >> 32) as u32 != target {
+        return;
+    }
+    if let Some(slot) = VCPU_SLOT.get_ptr_mut(0) {
+        unsafe { *slot = VcpuSlot { tid: id as u32, _pad: 0, vcpu } };
+    }
+}
+
+/// The thread's vcpu: from this CPU's slot when this thread wrote it, else the copy cached in
+/// the thread state (the thread moved CPU between the two events). The pointer is constant
+/// for a vCPU thread, so the cache is never stale.
+#[inline(always)]
+fn thread_vcpu(s: &mut ThreadState, t: &Thread) -> u64 {
+    if let Some(slot) = VCPU_SLOT.get_ptr(0) {
+        let slot = unsafe { *slot };
+        if slot.tid == t.tid && slot.vcpu != 0 {
+            s.vcpu_ptr = slot.vcpu;
+        }
+    }
+    s.vcpu_ptr
+}
+
+/// Raw tracepoint `kvm_emulate_insn(vcpu, failed)` (emulated source): the vcpu pointer.
+///
+/// Why a raw tracepoint, and per instruction: on this kernel BPF_PROG_TYPE_TRACING (fentry,
+/// tp_btf) is not available (`bpftool feature probe`: "program_type tracing is NOT available"),
+/// kprobes are not configured, and on PVM no other event that carries the vcpu fires per exit.
+/// Raw tracepoints skip the tracepoint's TP_fast_assign and the perf buffer, and this program
+/// only does a per-CPU store.
+#[raw_tracepoint(tracepoint = "kvm_emulate_insn")]
+pub fn vcpu_of_insn(ctx: RawTracePointContext) -> u32 {
+    note_vcpu(ctx.arg(0));
+    0
+}
+
+/// Raw tracepoint `kvm_exit(vcpu, isa)` (hw source). Attached after the classic `kvm_exit`
+/// program, so it runs second: a thread's first exit finds no vcpu yet (caller unknown); later
+/// exits use the pointer cached in the thread state.
+#[raw_tracepoint(tracepoint = "kvm_exit")]
+pub fn vcpu_of_exit(ctx: RawTracePointContext) -> u32 {
+    note_vcpu(ctx.arg(0));
+    0
+}
+
 // ---- emulated source ----
 
 #[tracepoint]
@@ -195,6 +345,7 @@ fn access(t: Thread, kind: u8, addr: u64) {
         s.on_hw_detail(kind, addr);
     } else {
         charge(s.on_emulated_access(now(), t, kind, addr));
+        attribute_caller(s, &t);
     }
 }
 
@@ -204,6 +355,7 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
     let reason = field::<u32>(&ctx, &USERSPACE_EXIT_REASON).unwrap_or(0);
     if let Some(s) = thread_state(&t) {
         charge(s.on_userspace_exit(now(), t, reason));
+        attribute_caller(s, &t);
     }
     0
 }
@@ -231,6 +383,7 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
     let vcpu = field::<u32>(&ctx, &EXIT_VCPU_ID).unwrap_or(0);
     if let Some(s) = thread_state(&t) {
         charge(s.on_hw_exit(now(), t, vcpu, isa, reason, rip));
+        attribute_caller(s, &t);
     }
     0
 }
