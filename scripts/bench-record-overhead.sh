@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 exits=${1:-100000}
 rounds=${2:-7}
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 cargo build --release -p profiler-daemon --quiet
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
