@@ -54,7 +54,7 @@ impl Source {
 
     /// Everything `check` and `record` attach, for messages.
     pub fn attach_points(self) -> Vec<String> {
-        let mut v: Vec<String> = self.tracepoints().iter().map(|t| format!("kvm:{t}")).collect();
+        let mut v: Vec<String> = self.tracepoints().iter().map(|t| t.to_string()).collect();
         for (_, tp) in self.raw_programs() {
             v.push(format!("raw_tp:{tp}"));
         }

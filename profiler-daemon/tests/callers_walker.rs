@@ -1,0 +1,217 @@
+//! Caller attribution without a guest: the page-table walk and frame reader on synthetic guest
+//! memory, memory-map parsing, the kernel-BTF offsets, and `--by caller` on recordings.
+use std::collections::HashMap;
+
+use profiler_common::guest::{self, GuestMemMap, MemRegion, Paging};
+use profiler_daemon::guest_memory::{walk_frames, MemoryMap};
+use profiler_daemon::recording::Recording;
+use profiler_daemon::report::{self, GroupBy};
+
+const CR0_PG: u64 = 1 << 31;
+const EFER_LMA: u64 = 1 << 10;
+const P: u64 = 1; // present
+const W: u64 = 2;
+const PS: u64 = 1 << 7;
+
+/// Sparse guest-physical memory of u64 words.
+#[derive(Default)]
+struct Mem(HashMap<u64, u64>);
+
+impl Mem {
+    fn put(&mut self, gpa: u64, v: u64) {
+        self.0.insert(gpa, v);
+    }
+    fn read(&self, gpa: u64) -> Option<u64> {
+        self.0.get(&gpa).copied()
+    }
+}
+
+fn long_mode(cr3: u64) -> Paging {
+    Paging { cr0: CR0_PG | 1, cr3, cr4: 0x20, efer: EFER_LMA | (1 << 8) }
+}
+
+/// PML4 at 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000, mapping
+/// - gva 0xffff_8000_0020_3000 (4 KiB page)   -> gpa 0x7_5000
+/// - gva 0xffff_8000_0040_0000 (2 MiB page)   -> gpa 0x60_0000
+/// - gva 0xffff_8000_4000_0000 (1 GiB page)   -> gpa 0x8000_0000
+fn tables() -> Mem {
+    let mut m = Mem::default();
+    let gva = 0xffff_8000_0020_3000u64;
+    let idx = |va: u64, shift: u32| (va >> shift) & 511;
+    m.put(0x1000 + idx(gva, 39) * 8, 0x2000 | P | W);
+    m.put(0x2000 + idx(gva, 30) * 8, 0x3000 | P | W);
+    m.put(0x3000 + idx(gva, 21) * 8, 0x4000 | P | W);
+    m.put(0x4000 + idx(gva, 12) * 8, 0x7_5000 | P | W | (1 << 63)); // NX bit must be masked off
+    m.put(0x3000 + idx(0xffff_8000_0040_0000, 21) * 8, 0x60_0000 | P | W | PS);
+    m.put(0x2000 + idx(0xffff_8000_4000_0000, 30) * 8, 0x8000_0000 | P | W | PS);
+    m
+}
+
+#[test]
+fn page_walk_handles_4k_2m_and_1g_pages() {
+    let m = tables();
+    // CR3's low 12 bits are a PCID, not part of the table address.
+    let p = long_mode(0x1000 | 0x5);
+    let t = |va| guest::translate(&p, va, |g| m.read(g));
+    assert_eq!(t(0xffff_8000_0020_3abc), Some(0x7_5abc));
+    assert_eq!(t(0xffff_8000_0041_2345), Some(0x61_2345));
+    assert_eq!(t(0xffff_8000_4123_4567), Some(0x8123_4567));
+    // Not present at each level.
+    assert_eq!(t(0x0000_0000_0020_3000), None, "PML4 entry missing");
+    assert_eq!(t(0xffff_8000_8000_0000), None, "PDPT entry missing");
+    assert_eq!(t(0xffff_8000_0060_0000), None, "PD entry missing");
+    assert_eq!(t(0xffff_8000_0020_4000), None, "PT entry missing");
+}
+
+#[test]
+fn paging_off_is_identity_and_unsupported_modes_are_unknown() {
+    let m = tables();
+    let off = Paging { cr0: 1, ..Paging::default() };
+    assert_eq!(guest::translate(&off, 0x1234, |g| m.read(g)), Some(0x1234));
+    let legacy32 = Paging { cr0: CR0_PG | 1, cr3: 0x1000, cr4: 0, efer: 0 };
+    assert_eq!(guest::translate(&legacy32, 0x1234, |g| m.read(g)), None);
+    let la57 = Paging { cr4: 0x20 | (1 << 12), ..long_mode(0x1000) };
+    assert_eq!(guest::translate(&la57, 0xffff_8000_0020_3000, |g| m.read(g)), None);
+}
+
+#[test]
+fn frame_chain_walk_reads_return_addresses_and_stops_on_garbage() {
+    let mut m = tables();
+    // Stack page: gva 0xffff_8000_0020_3000 -> gpa 0x7_5000. Three frames, innermost first.
+    let (s, g) = (0xffff_8000_0020_3000u64, 0x7_5000u64);
+    m.put(g + 0x100, s + 0x200); // saved rbp of frame 1
+    m.put(g + 0x108, 0x10_1111); // return into the caller
+    m.put(g + 0x200, s + 0x300);
+    m.put(g + 0x208, 0x10_2222);
+    m.put(g + 0x300, 0); // outermost: saved rbp 0
+    m.put(g + 0x308, 0x10_3333);
+    let p = long_mode(0x1000);
+    let read = |gpa: u64| m.read(gpa);
+    assert_eq!(guest::return_address(&p, s + 0x100, read), Some(0x10_1111));
+    assert_eq!(walk_frames(&p, s + 0x100, 8, &read), vec![0x10_1111, 0x10_2222, 0x10_3333]);
+    assert_eq!(walk_frames(&p, s + 0x100, 2, &read), vec![0x10_1111, 0x10_2222]);
+    // Garbage RBP: misaligned, zero, unmapped: no frame, no panic.
+    assert_eq!(guest::return_address(&p, s + 0x101, read), None);
+    assert_eq!(guest::return_address(&p, 0, read), None);
+    assert_eq!(guest::return_address(&p, u64::MAX - 7, read), None);
+    assert!(walk_frames(&p, 0xdead_beef_0000, 8, &read).is_empty());
+    // A chain that points down the stack (a loop) stops instead of spinning.
+    m.put(g + 0x300, s + 0x100);
+    let read = |gpa: u64| m.read(gpa);
+    assert_eq!(walk_frames(&p, s + 0x100, 8, &read).len(), 3);
+}
+
+#[test]
+fn memory_map_regions_translate_guest_physical_to_host_virtual() {
+    let mut map = GuestMemMap { count: 2, ..GuestMemMap::default() };
+    map.regions[0] = MemRegion { guest_phys: 0, size: 0x8000_0000, host_virt: 0x7f00_0000_0000 };
+    map.regions[1] = MemRegion { guest_phys: 0x1_0000_0000, size: 0x1000_0000, host_virt: 0x7e00_0000_0000 };
+    assert_eq!(map.host_addr(0x1234, 8), Some(0x7f00_0000_1234));
+    assert_eq!(map.host_addr(0x1_0000_0010, 8), Some(0x7e00_0000_0010));
+    assert_eq!(map.host_addr(0x7fff_fffc, 8), None, "straddles the end of a region");
+    assert_eq!(map.host_addr(0x9000_0000, 8), None, "PCI hole");
+    assert_eq!(map.host_addr(u64::MAX, 8), None);
+}
+
+#[test]
+fn memory_map_files_parse_like_tinyvmm_writes_them_and_garbage_is_refused() {
+    let m = MemoryMap::parse(r#"{"pid": 42, "regions": [{"guest_phys": "0x0", "size": 268435456, "host_virt": "0x7f12340000"}]}"#).unwrap();
+    assert_eq!(m.pid, Some(42));
+    assert_eq!(m.map.count, 1);
+    assert_eq!(m.map.regions[0], MemRegion { guest_phys: 0, size: 0x1000_0000, host_virt: 0x7f_1234_0000 });
+    for (bad, why) in [
+        ("", "not JSON"),
+        ("{}", "no \"regions\""),
+        (r#"{"regions": []}"#, "0 regions"),
+        (r#"{"regions": [{"guest_phys": "0x0", "size": 0, "host_virt": "0x1000"}]}"#, "empty"),
+        (r#"{"regions": [{"guest_phys": "zz", "size": 4096, "host_virt": "0x1000"}]}"#, "guest_phys"),
+        (r#"{"regions": [{"guest_phys": "0xffffffffffffffff", "size": 4096, "host_virt": "0x1000"}]}"#, "wraps"),
+        (r#"{"regions": [{"guest_phys": 0, "size": 8192, "host_virt": 4096}, {"guest_phys": 4096, "size": 4096, "host_virt": 65536}]}"#, "overlap"),
+        (r#"{"pid": -1, "regions": [{"guest_phys": 0, "size": 8192, "host_virt": 4096}]}"#, "pid"),
+    ] {
+        let e = MemoryMap::parse(bad).expect_err(bad);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn vcpu_register_offsets_come_from_this_kernels_btf() {
+    let btf = profiler_daemon::btf::Btf::from_file(std::path::Path::new(profiler_daemon::btf::VMLINUX_BTF))
+        .expect("/sys/kernel/btf/vmlinux is required (kernel built with CONFIG_DEBUG_INFO_BTF)");
+    let offs: HashMap<_, _> = profiler_daemon::btf::vcpu_offsets(&btf).expect("struct kvm_vcpu in BTF").into_iter().collect();
+    let (arch, _) = btf.member("kvm_vcpu", "arch").unwrap();
+    let (regs, _) = btf.member("kvm_vcpu_arch", "regs").unwrap();
+    // regs[] is unsigned long[NR_VCPU_REGS]: RSP is index 4, RBP index 5.
+    assert_eq!(offs["VCPU_RSP"], arch + regs + 32);
+    assert_eq!(offs["VCPU_RBP"], arch + regs + 40);
+    assert!(offs["VCPU_CR3"] > offs["VCPU_CR0"] && offs["VCPU_CR4"] > offs["VCPU_CR3"]);
+    assert!(profiler_daemon::btf::Btf::parse(b"not btf at all, not btf at all").is_err());
+}
+
+fn recording_with_callers(rows: &[(u64, Option<u64>, u64)]) -> Recording {
+    let exits: Vec<_> = rows
+        .iter()
+        .map(|(rip, caller, n)| {
+            let mut hist = vec![0u64; 32];
+            hist[10] = *n;
+            let mut v = serde_json::json!({
+                "tgid": 1, "tid": 2, "vcpu": null, "isa": "kvm_exit", "reason": 2, "reason_name": "IO",
+                "rip": format!("{rip:#x}"), "detail_kind": "port_out", "detail": "0x1f3",
+                "count": n, "total_ns": n * 1024, "hist": hist,
+            });
+            // Recordings from before caller attribution have no "caller_rip" at all.
+            if let Some(c) = caller {
+                v["caller_rip"] = serde_json::json!(format!("{c:#x}"));
+            }
+            v
+        })
+        .collect();
+    let v = serde_json::json!({
+        "format": "kvmprof-recording", "version": 1,
+        "meta": { "source": "emulated", "origin": "live", "tool_version": "0", "kernel": "k", "host": "h",
+                  "start_unix_ns": 0, "end_unix_ns": 1, "pid": 1, "command": null, "command_status": 0,
+                  "records_requested": false, "records_dropped": 0, "exit_keys_full": 0, "threads_full": 0,
+                  "unfinished_exits": 0 },
+        "threads": {}, "exits": exits, "records": null,
+    });
+    Recording::from_bytes(v.to_string().as_bytes(), "synthetic").expect("valid recording")
+}
+
+#[test]
+fn by_caller_groups_trap_and_caller_and_counts_unknown_callers() {
+    // Two callers of the trap at 0x1000, and 3 exits from an old recording without callers.
+    let rec = recording_with_callers(&[(0x1000, Some(0x5008), 10), (0x1000, Some(0x6010), 4), (0x1000, None, 3)]);
+    let names = |a: u64| match a {
+        0x1000..=0x1fff => Some("trap_fn".to_string()),
+        0x5000..=0x5fff => Some("caller_a".to_string()),
+        // A call as the last instruction of caller_b returns to 0x6010, the next function:
+        // the caller is named from the call (address - 1).
+        0x6000..=0x600f => Some("caller_b".to_string()),
+        0x6010..=0x6fff => Some("next_fn".to_string()),
+        _ => None,
+    };
+    let rep = report::build(&rec, GroupBy::Caller, &names);
+    let rows: Vec<_> = rep.rows.iter().map(|r| (r.caller_rip.clone(), r.caller_function.clone(), r.count)).collect();
+    assert_eq!(
+        rows,
+        vec![
+            (Some("0x5008".into()), Some("caller_a".into()), 10),
+            (Some("0x6010".into()), Some("caller_b".into()), 4),
+            (None, None, 3),
+        ]
+    );
+    assert!(rep.rows.iter().all(|r| r.function.as_deref() == Some("trap_fn")));
+    assert!(rep.notes[0].starts_with("3 of 17 exits (17.65%) have an unknown caller"), "{:?}", rep.notes);
+    let table = rep.render(report::Format::Table, None);
+    for col in ["Trap address", "Trap function", "Caller address", "Caller function", "[unknown]", "3 of 17 exits"] {
+        assert!(table.contains(col), "{col} missing from:\n{table}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&rep.render(report::Format::Json, None)).unwrap();
+    assert_eq!(json["rows"][0]["caller_rip"], "0x5008");
+    assert_eq!(json["rows"][0]["caller_function"], "caller_a");
+    assert!(json["rows"][2]["caller_rip"].is_null());
+    // The caller survives a save/load round trip.
+    let text = serde_json::to_string(&rec).unwrap();
+    let again = Recording::from_bytes(text.as_bytes(), "again").unwrap();
+    assert_eq!(again.exits().iter().map(|e| e.key.caller).collect::<Vec<_>>(), vec![0x5008, 0x6010, 0]);
+}
