@@ -4,9 +4,13 @@
 pub mod aggregate;
 pub mod btf;
 pub mod callers;
+pub mod demo;
+pub mod diff;
 pub mod exit_loop;
+pub mod flame;
 pub mod guest_memory;
 pub mod import;
+pub mod plot;
 pub mod reasons;
 pub mod record;
 pub mod recording;

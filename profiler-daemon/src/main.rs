@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use profiler_daemon::demo::{self, DemoOptions};
+use profiler_daemon::diff::{self, DiffBy, DiffFormat};
+use profiler_daemon::flame;
 use profiler_daemon::import::{self, TextFormat};
 use profiler_daemon::record::{self, RecordOptions};
 use profiler_daemon::recording::Recording;
@@ -45,6 +48,70 @@ enum Cmd {
     Import(ImportArgs),
     /// Load and attach the eBPF programs, then detach: checks that kvmprof can trace here.
     Check(CheckArgs),
+    /// Compare two recordings per RIP or function: the paper's Table 4 (before/after).
+    Diff(DiffArgs),
+    /// Run tinyvmm's bundled guest under the profiler and print the paper's comparisons.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  kvmprof diff unbatched.kvmprof batched.kvmprof\n  \
+kvmprof diff before.kvmprof after.kvmprof --vmlinux guest.elf --by function\n  \
+kvmprof diff before.kvmprof after.kvmprof --vmlinux guest.elf --format json --top 20\n\n\
+Each row: exits before and after, the change and its % (\"new\" when there were none \
+before), and the same for the time spent in those exits; rows are sorted by the absolute \
+change in exits. Both recordings are named with the same guest symbols.")]
+struct DiffArgs {
+    /// The recording before the change (e.g. without --batch-pio).
+    before: PathBuf,
+    /// The recording after the change.
+    after: PathBuf,
+    /// What one row stands for.
+    #[arg(long, value_enum, default_value = "rip")]
+    by: DiffBy,
+    /// The guest kernel ELF (vmlinux) to name guest functions with.
+    #[arg(long, value_name = "ELF")]
+    vmlinux: Option<PathBuf>,
+    /// A copy of the guest's /proc/kallsyms.
+    #[arg(long, value_name = "FILE")]
+    kallsyms: Option<PathBuf>,
+    /// Guest KASLR slide (runtime − link address), or `auto` with --vmlinux and --kallsyms.
+    #[arg(long, value_name = "HEX|auto", allow_hyphen_values = true)]
+    kaslr_offset: Option<String>,
+    /// Show only the N rows with the largest change (default: 25 for tables, all for JSON).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: DiffFormat,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:\n  sudo kvmprof demo\n  sudo kvmprof demo --json --out /tmp/kvmprof-demo > demo.json\n\n\
+Runs tinyvmm (found next to kvmprof, or --tinyvmm) eight times under the profiler, about a \
+minute in all, and prints: 1. the hot guest functions of a disk workload (Tables 1-3, with \
+callers when available); 2. Table 4: IDE register-write exits without and with --batch-pio, \
+disk images compared; 3. Fig. 7: timer exits at 1000 Hz vs --pit-hz 100; 4. Fig. 8: boot \
+with and without verify_pmtmr_rate. Recordings, disk images, the guest ELF, SVG plots and \
+a flame graph are kept in --out. Needs root (eBPF) and /dev/kvm.")]
+struct DemoArgs {
+    /// Print the results as one JSON object (documented in docs/demo.md) instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Work directory for recordings, disk images, the guest ELF and the SVG plots.
+    #[arg(long, value_name = "DIR", default_value = "kvmprof-demo")]
+    out: PathBuf,
+    /// The tinyvmm binary (default: next to this kvmprof).
+    #[arg(long, value_name = "PATH")]
+    tinyvmm: Option<PathBuf>,
+    /// Sectors written by each disk run.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    sectors: u64,
+    /// Guest seconds of each timer run.
+    #[arg(long, value_name = "S", default_value_t = 2)]
+    timer_seconds: u64,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +190,9 @@ struct ReportArgs {
     top: Option<usize>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Also write a flame graph of the exits (stack caller;function;reason) to FILE as SVG.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -180,7 +250,37 @@ fn run(cli: Cli) -> Result<i32> {
             let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
             let rep = report::build(&rec, a.by, &resolve);
             let top = a.top.or((a.format == Format::Table).then_some(25));
+            if let Some(path) = &a.svg {
+                let title = format!("VM exits of {}", a.file.display());
+                flame::write_svg(&rep.render(Format::Folded, None), &title, path)?;
+            }
             emit(&rep.render(a.format, top))
+        }
+        Cmd::Diff(a) => {
+            let before = Recording::load(&a.before)?;
+            let after = Recording::load(&a.after)?;
+            let sym = symbolize_cmd::load_symbolizer(a.vmlinux.as_deref(), a.kallsyms.as_deref(), a.kaslr_offset.as_deref())?;
+            if a.by == DiffBy::Function && sym.is_none() {
+                anyhow::bail!("--by function needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE");
+            }
+            let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
+            let d = diff::build(&before, &after, a.by, &resolve);
+            let top = a.top.or((a.format == DiffFormat::Table).then_some(25));
+            emit(&d.render(a.format, top))
+        }
+        Cmd::Demo(a) => {
+            let res = demo::run(&DemoOptions {
+                out: a.out,
+                tinyvmm: a.tinyvmm,
+                sectors: a.sectors,
+                timer_seconds: a.timer_seconds,
+                progress: !a.quiet,
+            })?;
+            if a.json {
+                emit(&(serde_json::to_string_pretty(&res.json)? + "\n"))
+            } else {
+                emit(&res.text)
+            }
         }
         Cmd::Symbolize(a) => symbolize_cmd::run(&a).map(|_| 0),
         Cmd::Import(a) => {

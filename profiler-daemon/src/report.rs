@@ -30,6 +30,9 @@ pub enum Format {
     Table,
     Json,
     Csv,
+    /// Folded stacks (`caller;function;reason count`, weight = exits) for flame graphs:
+    /// `inferno-flamegraph` / `flamegraph.pl`, or `kvmprof report --svg FILE`.
+    Folded,
 }
 
 /// One output row. `None` fields are those the grouping does not determine.
@@ -46,10 +49,35 @@ pub struct Row {
     pub time_ns: u64,
     pub percent: f64,
     pub mean_ns: u64,
+    /// Median exit time, estimated from the log2 histogram (see [`hist_quantile`]).
+    pub p50_ns: u64,
+    /// 99th-percentile exit time, estimated from the log2 histogram (see [`hist_quantile`]).
+    pub p99_ns: u64,
     /// `--by caller`: return address in the caller (hex), `None` = unknown caller.
     pub caller_rip: Option<String>,
     /// `--by caller`: the function that made that call.
     pub caller_function: Option<String>,
+}
+
+/// The `q`-quantile (0 < q ≤ 1) of exit times from a 32-bucket log2 histogram (bucket i
+/// holds times in [2^i, 2^(i+1)) ns; bucket 0 also holds 0 ns).
+///
+/// Estimate: the geometric midpoint 2^i·√2 of the bucket holding the ⌈q·n⌉-th smallest
+/// exit (1 ns for bucket 0), so it is within a factor √2 of the true value. 0 when empty.
+pub fn hist_quantile(hist: &[u64], q: f64) -> u64 {
+    let n: u64 = hist.iter().sum();
+    if n == 0 {
+        return 0;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+    let mut seen = 0u64;
+    for (i, c) in hist.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return if i == 0 { 1 } else { ((1u64 << i) as f64 * std::f64::consts::SQRT_2).round() as u64 };
+        }
+    }
+    0
 }
 
 /// Everything a report prints, before formatting.
@@ -73,6 +101,7 @@ struct Acc {
     tid: Option<u32>,
     count: u64,
     time_ns: u64,
+    hist: [u64; profiler_common::HIST_BUCKETS],
     /// For function rows: the hottest RIP seen in the function, and its count.
     top_rip: Option<(u64, u64)>,
     /// For caller rows: the caller's return address (0 = unknown).
@@ -120,6 +149,9 @@ pub fn build(rec: &Recording, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Strin
         let acc = groups.entry(group).or_default();
         acc.count += e.stats.count;
         acc.time_ns += e.stats.total_ns;
+        for (a, b) in acc.hist.iter_mut().zip(e.stats.hist.iter()) {
+            *a += b;
+        }
         acc.reason = match (&acc.reason, by) {
             (r, GroupBy::Function | GroupBy::Vcpu) if !r.is_empty() && *r != reason_of(e) => "mixed".into(),
             _ => reason_of(e),
@@ -175,6 +207,8 @@ pub fn build(rec: &Recording, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Strin
                 time_ns: a.time_ns,
                 percent,
                 mean_ns: if a.count > 0 { a.time_ns / a.count } else { 0 },
+                p50_ns: hist_quantile(&a.hist, 0.50),
+                p99_ns: hist_quantile(&a.hist, 0.99),
                 caller_rip: a.caller.filter(|c| *c != profiler_common::UNKNOWN_CALLER).map(|c| format!("{c:#x}")),
                 caller_function: a.caller.and_then(|c| crate::callers::caller_function(c, resolve)),
             }
@@ -223,12 +257,12 @@ impl Report {
                 serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
             }
             Format::Csv => {
-                let mut s = String::from("source,rip,function,reason,port,direction,vcpu,tid,count,time_ns,percent,mean_ns\n");
+                let mut s = String::from("source,rip,function,reason,port,direction,vcpu,tid,count,time_ns,percent,mean_ns,p50_ns,p99_ns\n");
                 for r in rows {
                     let o = |x: &Option<String>| x.clone().unwrap_or_default();
                     let _ = writeln!(
                         s,
-                        "{},{},{},{},{},{},{},{},{},{},{:.4},{}",
+                        "{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{}",
                         self.source,
                         o(&r.rip),
                         csv_field(&o(&r.function)),
@@ -240,12 +274,15 @@ impl Report {
                         r.count,
                         r.time_ns,
                         r.percent,
-                        r.mean_ns
+                        r.mean_ns,
+                        r.p50_ns,
+                        r.p99_ns
                     );
                 }
                 s
             }
             Format::Table => self.table(rows),
+            Format::Folded => self.folded(rows),
         }
     }
 
@@ -267,8 +304,8 @@ impl Report {
             GroupBy::Reason => "Reason",
             _ => "Trap address",
         };
-        let header = [first, "Count", "Time (s)", "Time %", "Mean (us)", "Reason", "Port", "Function"];
-        let mut cells: Vec<[String; 8]> = Vec::new();
+        let header = [first, "Count", "Time (s)", "Time %", "Mean (us)", "p50 (us)", "p99 (us)", "Reason", "Port", "Function"];
+        let mut cells: Vec<[String; 10]> = Vec::new();
         for r in rows {
             let first = match self.by {
                 GroupBy::Vcpu => format!("{} ({})", r.vcpu.map(|v| v.to_string()).unwrap_or("?".into()), r.tid.unwrap_or(0)),
@@ -291,6 +328,8 @@ impl Report {
                 format!("{:.6}", r.time_ns as f64 / 1e9),
                 format!("{:.2}%", r.percent),
                 format!("{:.2}", r.mean_ns as f64 / 1e3),
+                format!("{:.2}", r.p50_ns as f64 / 1e3),
+                format!("{:.2}", r.p99_ns as f64 / 1e3),
                 r.reason.clone(),
                 port,
                 function,
@@ -302,11 +341,11 @@ impl Report {
                 *w = (*w).max(v.len());
             }
         }
-        let line = |s: &mut String, vals: [&str; 8]| {
+        let line = |s: &mut String, vals: [&str; 10]| {
             let mut l = String::new();
             for (i, v) in vals.iter().enumerate() {
                 // Numbers right-aligned, text left-aligned, as in the paper's tables.
-                if (1..=4).contains(&i) {
+                if (1..=6).contains(&i) {
                     let _ = write!(l, "{v:>w$}  ", w = widths[i]);
                 } else {
                     let _ = write!(l, "{v:<w$}  ", w = widths[i]);
@@ -316,7 +355,7 @@ impl Report {
         };
         line(&mut s, header);
         for c in &cells {
-            line(&mut s, [&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]]);
+            line(&mut s, [&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8], &c[9]]);
         }
         if rows.len() < self.rows.len() {
             let _ = writeln!(s, "({} more rows; use --top to see more)", self.rows.len() - rows.len());
@@ -324,8 +363,46 @@ impl Report {
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
         }
+        if rows.iter().any(|r| r.count > 0) {
+            let _ = writeln!(s, "p50/p99: geometric midpoint of the log2 histogram bucket (within a factor 1.41)");
+        }
         s
     }
+
+    /// Folded stacks, one line per (caller, function, reason): `frame;frame;reason count`.
+    /// The function frame is the guest function, or the RIP when it is not known; the
+    /// caller frame is added when the rows carry one. Weight: number of exits.
+    fn folded(&self, rows: &[Row]) -> String {
+        let clean = |f: &str| f.replace([';', '\n'], ":").replace(' ', "_");
+        let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
+        for r in rows {
+            let mut frames = Vec::new();
+            if let Some(c) = folded_caller(r) {
+                frames.push(clean(&c));
+            }
+            let func = r.function.clone().or_else(|| r.rip.clone()).or_else(|| r.port.clone()).unwrap_or_else(|| "[unknown]".into());
+            frames.push(clean(&func));
+            let reason = match (&r.port, r.direction) {
+                (Some(p), Some(d)) => format!("{} {d} {p}", r.reason),
+                _ => r.reason.clone(),
+            };
+            frames.push(clean(&reason));
+            *stacks.entry(frames.join(";")).or_default() += r.count;
+        }
+        let mut s = String::new();
+        for (stack, n) in stacks {
+            if n > 0 {
+                let _ = writeln!(s, "{stack} {n}");
+            }
+        }
+        s
+    }
+}
+
+/// The caller frame of a folded stack (`--by caller` rows): the calling function, or its
+/// return address when it has no name; none for other groupings or an unknown caller.
+fn folded_caller(r: &Row) -> Option<String> {
+    r.caller_function.clone().or_else(|| r.caller_rip.clone())
 }
 
 fn csv_field(s: &str) -> String {
