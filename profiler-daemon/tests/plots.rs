@@ -38,7 +38,8 @@ fn bar_chart_is_valid_svg_with_labels_and_bars() {
     assert_eq!(bars.len(), 6);
     // Taller value, taller bar; heights are non-negative and inside the picture.
     let h = |i: usize| bars[i].attribute("height").unwrap().parse::<f64>().unwrap();
-    assert!(h(0) > h(1) && h(1) > h(2) && h(2) == 0.0);
+    // Bars go category by category, series within: 200, 0, 104, 4, 0, 100.
+    assert!(h(0) > h(2) && h(2) > h(5) && h(5) > h(3) && h(3) > 0.0 && h(1) == 0.0 && h(4) == 0.0);
     for b in &bars {
         let y: f64 = b.attribute("y").unwrap().parse().unwrap();
         assert!((0.0..=480.0).contains(&y) && h(0) <= 480.0);
