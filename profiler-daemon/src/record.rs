@@ -179,6 +179,7 @@ pub fn run_with_map(opts: &RecordOptions, guest_memory_map: Option<&Path>) -> Re
     let mut command_status = None;
     loop {
         tracer.drain_records();
+        tracer.tick();
         if stop.load(Ordering::Relaxed) {
             break;
         }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::guest::GuestMemMap;
@@ -89,6 +90,15 @@ pub struct Tracer {
     records: Option<RingBuf<MapData>>,
     guest_memory: Option<HashMap<MapData, u32, GuestMemMap>>,
     drained: Vec<ExitRecord>,
+    /// The vcpu-noting raw tracepoints, attached only while needed (see [`Tracer::tick`]).
+    vcpu_links: Vec<(&'static str, &'static str, Option<RawTracePointLinkId>)>,
+}
+
+fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+        .try_into()
+        .map_err(|e| anyhow!("program {name}: {e}"))
 }
 
 /// Write access to the in-kernel `GUEST_MEMORY` map, movable to the thread that waits for a
@@ -150,14 +160,12 @@ impl Tracer {
             prog.attach("kvm", tp).map_err(|e| anyhow!("cannot attach to tracepoint kvm:{tp}: {e}"))?;
         }
         // Attached after the classic programs, so on a shared tracepoint they run second.
+        let mut vcpu_links = Vec::new();
         for (name, tp) in cfg.source.raw_programs() {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
-                .try_into()
-                .map_err(|e| anyhow!("program {name}: {e}"))?;
+            let prog = raw_program(&mut ebpf, name)?;
             prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {name}: {e}"))?;
-            prog.attach(tp).map_err(|e| anyhow!("cannot attach to raw tracepoint {tp}: {e}"))?;
+            let link = prog.attach(tp).map_err(|e| anyhow!("cannot attach to raw tracepoint {tp}: {e}"))?;
+            vcpu_links.push((*name, *tp, Some(link)));
         }
 
         let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"));
@@ -169,12 +177,38 @@ impl Tracer {
         let mut control = Array::try_from(take(&mut ebpf, maps::CONTROL)?)?;
         // Every program is attached: open the recorded window.
         control.set(0, 1, 0).context("enabling the eBPF programs")?;
-        Ok(Tracer { ebpf: Some(ebpf), control, exits, threads, counters, records, guest_memory, drained: Vec::new() })
+        Ok(Tracer { ebpf: Some(ebpf), control, exits, threads, counters, records, guest_memory, drained: Vec::new(), vcpu_links })
     }
 
     /// The writer of the in-kernel guest memory maps (once; later calls get `None`).
     pub fn guest_memory(&mut self) -> Option<GuestMemoryMap> {
         self.guest_memory.take().map(GuestMemoryMap)
+    }
+
+    /// Call periodically while recording. The vcpu-noting raw tracepoint runs on every
+    /// emulated instruction on the emulated source, and a vCPU thread's `struct kvm_vcpu *`
+    /// never changes: once every vCPU thread seen has its pointer cached in its thread state,
+    /// the program is detached (measured: ~60 ns per instruction saved, about 5% of a run on
+    /// PVM); it is attached again when a thread without one appears (a vCPU started later).
+    pub fn tick(&mut self) {
+        let mut seen = false;
+        let mut missing = false;
+        for (_, state) in self.threads.iter().flatten() {
+            seen = true;
+            missing |= state.vcpu_ptr == 0;
+        }
+        let want = !seen || missing;
+        let Some(ebpf) = self.ebpf.as_mut() else { return };
+        for (name, tp, link) in &mut self.vcpu_links {
+            let Ok(prog) = raw_program(ebpf, name) else { continue };
+            match (want, link.take()) {
+                (false, Some(l)) => {
+                    let _ = prog.detach(l);
+                }
+                (true, None) => *link = prog.attach(tp).ok(),
+                (_, l) => *link = l,
+            }
+        }
     }
 
     /// Moves streamed records out of the ring buffer; call it often while recording so the

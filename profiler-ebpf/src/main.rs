@@ -195,8 +195,10 @@ fn vcpu_field(vcpu: u64, offset: &'static u32) -> Option<u64> {
 /// read of guest memory goes through the VMM's mapping of guest RAM, in the VMM's mm.
 #[inline(always)]
 fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
-    let Some(mem) = (unsafe { GUEST_MEMORY.get(&t.tgid) }) else { return UNKNOWN_CALLER };
+    // First, so the pointer is cached even for a VMM without a memory map: the daemon
+    // detaches the per-instruction program once every thread has one (Tracer::tick).
     let vcpu = thread_vcpu(s, t);
+    let Some(mem) = (unsafe { GUEST_MEMORY.get(&t.tgid) }) else { return UNKNOWN_CALLER };
     if vcpu == 0 {
         return UNKNOWN_CALLER;
     }
