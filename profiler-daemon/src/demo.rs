@@ -507,7 +507,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoResult> {
         r.exits.iter().filter(|e| e.detail_kind == "port_out" && port_of(e) == Some(p)).map(|e| e.count as f64).sum()
     };
     let t4_chart = BarChart {
-        title: format!("Table 4: IDE register-write exits, {n} sectors written: {before} -> {after} ({:.1}% fewer)", reduction_pct),
+        title: format!("Table 4: IDE register-write exits, {n} sectors: {before} -> {after} (-{:.1}%)", reduction_pct),
         x_label: "I/O port written (0x510 = batched-PIO doorbell hypercall)".into(),
         y_label: "VM exits".into(),
         categories: ports.iter().map(|p| format!("{p:#x}")).collect(),
@@ -528,7 +528,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoResult> {
     let fig7_io = BarChart {
         title: "Fig. 7: disk throughput with the timer's CPU cost (estimate)".into(),
         x_label: "timer rate delivered to the guest".into(),
-        y_label: "sectors/s (guest-measured x (1 - timer CPU share))".into(),
+        y_label: "sectors/s (estimate)".into(),
         categories: vec!["1000 Hz".into(), "100 Hz".into()],
         series: vec![Series { name: "disk-write sectors/s".into(), values: vec![sps(&hz1000), sps(&hz100)], color: GREEN }],
         note: Some(format!("ours: {gain:+.1}%; paper (Zhang et al., Fig. 7): up to +{:.0}% I/O throughput at 100 Hz", paper::FIG7_MAX_IO_GAIN_PCT)),

@@ -54,6 +54,8 @@ fn nice_axis(max: f64) -> (f64, f64) {
 
 /// Short number for labels: 12345 -> "12345", 0.5 -> "0.5", 1234567 -> "1.23M".
 pub fn short_num(v: f64) -> String {
+    // Adding 0.0 turns -0.0 (the sum of no values) into 0.0, which prints without a sign.
+    let v = v + 0.0;
     let a = v.abs();
     if a >= 1e6 {
         format!("{:.2}M", v / 1e6)
@@ -79,7 +81,15 @@ impl BarChart {
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="DejaVu Sans, Arial, sans-serif">"#
         );
         let _ = writeln!(s, r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#);
-        let _ = writeln!(s, r#"<text class="title" x="{}" y="30" font-size="18" font-weight="bold" text-anchor="middle">{}</text>"#, W / 2.0, escape(&self.title));
+        // Long titles get a smaller font so they fit the width (about 0.6 em per character).
+        let title_size = (W - 20.0) / (0.62 * self.title.chars().count().max(1) as f64);
+        let _ = writeln!(
+            s,
+            r#"<text class="title" x="{}" y="30" font-size="{:.1}" font-weight="bold" text-anchor="middle">{}</text>"#,
+            W / 2.0,
+            title_size.min(18.0),
+            escape(&self.title)
+        );
         // Grid lines and y ticks.
         let mut v = 0.0;
         while v <= ymax + step / 2.0 {
