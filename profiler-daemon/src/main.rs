@@ -69,15 +69,8 @@ struct DiffArgs {
     /// What one row stands for.
     #[arg(long, value_enum, default_value = "rip")]
     by: DiffBy,
-    /// The guest kernel ELF (vmlinux) to name guest functions with.
-    #[arg(long, value_name = "ELF")]
-    vmlinux: Option<PathBuf>,
-    /// A copy of the guest's /proc/kallsyms.
-    #[arg(long, value_name = "FILE")]
-    kallsyms: Option<PathBuf>,
-    /// Guest KASLR slide (runtime − link address), or `auto` with --vmlinux and --kallsyms.
-    #[arg(long, value_name = "HEX|auto", allow_hyphen_values = true)]
-    kaslr_offset: Option<String>,
+    #[command(flatten)]
+    symbols: GuestSymbols,
     /// Show only the N rows with the largest change (default: 25 for tables, all for JSON).
     #[arg(long, value_name = "N")]
     top: Option<usize>,
@@ -173,15 +166,8 @@ guest's /proc/kallsyms. A KASLR guest needs --kaslr-offset HEX, or `auto` with b
 struct ReportArgs {
     /// A recording from `kvmprof record` or `kvmprof import`.
     file: PathBuf,
-    /// The guest kernel ELF (vmlinux) to name guest functions with.
-    #[arg(long, value_name = "ELF")]
-    vmlinux: Option<PathBuf>,
-    /// A copy of the guest's /proc/kallsyms (read as root inside the guest).
-    #[arg(long, value_name = "FILE")]
-    kallsyms: Option<PathBuf>,
-    /// Guest KASLR slide (runtime − link address), or `auto` with --vmlinux and --kallsyms.
-    #[arg(long, value_name = "HEX|auto", allow_hyphen_values = true)]
-    kaslr_offset: Option<String>,
+    #[command(flatten)]
+    symbols: GuestSymbols,
     /// What one row stands for.
     #[arg(long, value_enum, default_value = "rip")]
     by: GroupBy,
@@ -206,6 +192,31 @@ struct ImportArgs {
     file: PathBuf,
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+}
+
+/// Where guest function names come from (report, diff).
+#[derive(Args)]
+struct GuestSymbols {
+    /// The guest kernel ELF (vmlinux) to name guest functions with.
+    #[arg(long, value_name = "ELF")]
+    vmlinux: Option<PathBuf>,
+    /// A copy of the guest's /proc/kallsyms (read as root inside the guest).
+    #[arg(long, value_name = "FILE")]
+    kallsyms: Option<PathBuf>,
+    /// Guest KASLR slide (runtime − link address), or `auto` with --vmlinux and --kallsyms.
+    #[arg(long, value_name = "HEX|auto", allow_hyphen_values = true)]
+    kaslr_offset: Option<String>,
+}
+
+impl GuestSymbols {
+    /// The symbolizer, if symbols were given; `required_by` names an option that needs them.
+    fn load(&self, required_by: Option<&str>) -> Result<Option<symbolizer::Symbolizer>> {
+        let sym = symbolize_cmd::load_symbolizer(self.vmlinux.as_deref(), self.kallsyms.as_deref(), self.kaslr_offset.as_deref())?;
+        if let (None, Some(option)) = (&sym, required_by) {
+            anyhow::bail!("{option} needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE");
+        }
+        Ok(sym)
+    }
 }
 
 #[derive(Args)]
@@ -243,10 +254,7 @@ fn run(cli: Cli) -> Result<i32> {
         }, a.guest_memory_map.as_deref()),
         Cmd::Report(a) => {
             let rec = Recording::load(&a.file)?;
-            let sym = symbolize_cmd::load_symbolizer(a.vmlinux.as_deref(), a.kallsyms.as_deref(), a.kaslr_offset.as_deref())?;
-            if a.by == GroupBy::Function && sym.is_none() {
-                anyhow::bail!("--by function needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE");
-            }
+            let sym = a.symbols.load((a.by == GroupBy::Function).then_some("--by function"))?;
             let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
             let rep = report::build(&rec, a.by, &resolve);
             let top = a.top.or((a.format == Format::Table).then_some(25));
@@ -259,10 +267,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Diff(a) => {
             let before = Recording::load(&a.before)?;
             let after = Recording::load(&a.after)?;
-            let sym = symbolize_cmd::load_symbolizer(a.vmlinux.as_deref(), a.kallsyms.as_deref(), a.kaslr_offset.as_deref())?;
-            if a.by == DiffBy::Function && sym.is_none() {
-                anyhow::bail!("--by function needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE");
-            }
+            let sym = a.symbols.load((a.by == DiffBy::Function).then_some("--by function"))?;
             let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
             let d = diff::build(&before, &after, a.by, &resolve);
             let top = a.top.or((a.format == DiffFormat::Table).then_some(25));
