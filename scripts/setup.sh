@@ -16,8 +16,9 @@ mkdir -p "$CACHE"
 
 # --- Debian packages ---------------------------------------------------------------------
 # qemu-system-x86: the bundled guest also boots under QEMU; prometheus: real scrape tests;
-# bpftool/linux-perf/bpftrace: independent counters; binutils: addr2line for symbolizer checks.
-want_pkgs=(qemu-system-x86 prometheus bpftool binutils bpftrace linux-perf)
+# bpftool/linux-perf/bpftrace: independent counters; binutils, gcc, g++: the symbolizer tests
+# build C/C++ programs and compare against addr2line.
+want_pkgs=(qemu-system-x86 prometheus bpftool binutils gcc g++ bpftrace linux-perf)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
