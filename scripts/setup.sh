@@ -15,10 +15,10 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 mkdir -p "$CACHE"
 
 # --- Debian packages ---------------------------------------------------------------------
-# qemu-system-x86: the bundled guest also boots under QEMU; prometheus: real scrape tests;
-# bpftool/linux-perf/bpftrace: independent counters; binutils, gcc, g++: the symbolizer tests
-# build C/C++ programs and compare against addr2line.
-want_pkgs=(qemu-system-x86 prometheus bpftool binutils gcc g++ bpftrace linux-perf)
+# qemu-system-x86: the README's "profile your own QEMU guest"; bpftool: inspecting the loaded
+# programs; binutils, gcc, g++: the symbolizer tests build C/C++ programs and compare against
+# addr2line.
+want_pkgs=(qemu-system-x86 bpftool binutils gcc g++)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
