@@ -154,7 +154,11 @@ pub struct PendingExit {
     pub exited: u8,
     /// The caller of this exit has been looked up (see [`ThreadState::take_caller_lookup`]).
     pub caller_done: u8,
-    pub _pad: [u8; 5],
+    /// The completion of this exit's MMIO read (`kvm_mmio` READ after the re-entry) has been
+    /// seen: a further identical access is a new exit (the same instruction in a loop), not
+    /// this one's completion.
+    pub completed: u8,
+    pub _pad: [u8; 4],
 }
 
 /// Per vCPU-thread state. Events of one thread arrive in order, so no locking is needed.
@@ -168,7 +172,12 @@ pub struct ThreadState {
     /// threads (`vcpu0`, QEMU's `CPU 0/KVM`) even after the VMM has exited.
     pub comm: [u8; 16],
     pub tgid: u32,
-    pub _pad: u32,
+    /// 1 when this state is driven by the live emulated-source programs, which get no
+    /// per-instruction event (see [`ThreadState::on_live_access`]): an exit then cannot be
+    /// ended by "the next instruction started", which changes how [`ThreadState::take_pending`]
+    /// ends an exit that never reached user space. 0 for the hw source and the importer.
+    pub no_insn_events: u8,
+    pub _pad: [u8; 3],
     /// The thread's `struct kvm_vcpu *` (kernel address), as last seen by the raw tracepoint
     /// on `kvm_emulate_insn` / `kvm_exit`: the guest registers are read from it at each exit.
     pub vcpu_ptr: u64,
@@ -183,13 +192,26 @@ pub struct Thread {
 
 impl ThreadState {
     /// Charges the pending exit, ending it at its recorded re-entry or else at `now`.
+    ///
+    /// Live emulated source (`no_insn_events`): an access KVM handled in the kernel (no
+    /// `kvm_userspace_exit`, so no re-entry either) has no observable end there: the next event
+    /// on the thread is the next exit, possibly after a long stretch of guest execution, which
+    /// must not be charged to the access. Such an exit is counted with 0 ns (its time is a
+    /// lower bound, not a measurement). With per-instruction events (the importer) it ends
+    /// when the next instruction starts, as before.
     pub fn take_pending(&mut self, now: u64) -> Option<ExitRecord> {
         if self.pending.active == 0 {
             return None;
         }
         let p = self.pending;
         self.pending = PendingExit::default();
-        let end = if p.end_ns != 0 { p.end_ns } else { now };
+        let end = if p.end_ns != 0 {
+            p.end_ns
+        } else if self.no_insn_events != 0 && p.exited == 0 {
+            p.start_ns
+        } else {
+            now
+        };
         Some(ExitRecord { key: p.key, start_ns: p.start_ns, duration_ns: end.saturating_sub(p.start_ns) })
     }
 
@@ -201,7 +223,8 @@ impl ThreadState {
             active: 1,
             exited: exited as u8,
             caller_done: 0,
-            _pad: [0; 5],
+            completed: 0,
+            _pad: [0; 4],
         };
     }
 
@@ -252,8 +275,16 @@ impl ThreadState {
                 p.key.detail = addr;
                 return None;
             }
-            if p.key.detail_kind == kind && p.key.detail == addr {
-                // The completion of an MMIO read already traced as unsatisfied.
+            if kind == detail::MMIO_READ
+                && p.key.detail_kind == kind
+                && p.key.detail == addr
+                && p.exited != 0
+                && p.completed == 0
+            {
+                // The completion (after re-entry) of an MMIO read already traced as
+                // unsatisfied before its user-space exit. Only once: without per-instruction
+                // events the same read again, in a loop, is a new exit.
+                p.completed = 1;
                 return None;
             }
         }
@@ -293,6 +324,32 @@ impl ThreadState {
         };
         self.begin(now, key, true);
         done
+    }
+
+    // ---- live emulated source: no per-instruction event ----
+    //
+    // Tracing every emulated instruction cost ~250 ns per instruction (a PVM guest runs ~1 M
+    // instructions/s through the emulator), so the live programs instead read, at each exit
+    // event, the RIP of the instruction being emulated from the vcpu's emulator context (the
+    // very expression the kernel's kvm_emulate_insn tracepoint prints). These take that RIP
+    // with the event; the exit ends at re-entry (`on_run_entry`) and is charged at the next
+    // exit event on the thread or when the recording ends (`Aggregate::finish_threads`).
+
+    /// Live `kvm:kvm_pio` / `kvm:kvm_mmio`: `rip` is the linear address of the instruction
+    /// that made the access.
+    pub fn on_live_access(&mut self, now: u64, t: Thread, kind: u8, addr: u64, rip: u64) -> Option<ExitRecord> {
+        self.no_insn_events = 1;
+        self.last_rip = rip;
+        self.on_emulated_access(now, t, kind, addr)
+    }
+
+    /// Live `kvm:kvm_userspace_exit`: `rip` is the last instruction the emulator decoded
+    /// (the HLT, port or MMIO access that exited; for exits between instructions, such as a
+    /// pending signal, the one before).
+    pub fn on_live_userspace_exit(&mut self, now: u64, t: Thread, reason: u32, rip: u64) -> Option<ExitRecord> {
+        self.no_insn_events = 1;
+        self.last_rip = rip;
+        self.on_userspace_exit(now, t, reason)
     }
 
     /// True once per exit, right after it began: the moment to read its caller, while the
@@ -364,16 +421,9 @@ pub mod globals {
 /// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the
 /// running kernel's `events/kvm/*/format` files (never from a header) and passed in as
 /// read-only globals. Names are `<EVENT>_<FIELD>`.
+/// Only the hw source's `kvm_exit` is a classic tracepoint program: every emulated-source
+/// event is a raw tracepoint (its arguments are the TP_PROTO arguments, no format file).
 pub const FIELD_GLOBALS: &[(&str, &str, &str)] = &[
-    ("EMULATE_INSN_RIP", "kvm_emulate_insn", "rip"),
-    ("EMULATE_INSN_CSBASE", "kvm_emulate_insn", "csbase"),
-    ("EMULATE_INSN_FAILED", "kvm_emulate_insn", "failed"),
-    ("PIO_RW", "kvm_pio", "rw"),
-    ("PIO_PORT", "kvm_pio", "port"),
-    ("MMIO_TYPE", "kvm_mmio", "type"),
-    ("MMIO_GPA", "kvm_mmio", "gpa"),
-    ("USERSPACE_EXIT_REASON", "kvm_userspace_exit", "reason"),
-    ("FPU_LOAD", "kvm_fpu", "load"),
     ("EXIT_REASON", "kvm_exit", "exit_reason"),
     ("EXIT_GUEST_RIP", "kvm_exit", "guest_rip"),
     ("EXIT_ISA", "kvm_exit", "isa"),
@@ -393,7 +443,36 @@ pub const VCPU_GLOBALS: &[(&str, &str, u32)] = &[
     ("VCPU_CR3", "cr3", 0),
     ("VCPU_CR4", "cr4", 0),
     ("VCPU_EFER", "efer", 0),
+    // The instruction emulator's state (a pointer to struct x86_emulate_ctxt): the live
+    // emulated source reads the exiting instruction's RIP from it (see EMULATOR_GLOBALS).
+    ("VCPU_EMULATE_CTXT", "emulate_ctxt", 0),
 ];
+
+/// Byte offsets inside `struct x86_emulate_ctxt` (from the running kernel's BTF), for the RIP
+/// of the instruction being emulated, computed exactly as the kernel's `kvm_emulate_insn`
+/// tracepoint does: `rip = ctxt->_eip - (ctxt->fetch.ptr - ctxt->fetch.data)`. `_eip` and
+/// `fetch.ptr` advance together while the instruction is decoded, so the expression names the
+/// instruction's first byte from decode until the next instruction is fetched: at `kvm_pio`
+/// (mid-instruction, also on a read's completion), `kvm_mmio` and `kvm_userspace_exit`.
+/// `(global, member path, expected width)`; `fetch.data` is an array: its address is used.
+pub const EMULATOR_GLOBALS: &[(&str, &[&str], u64)] = &[
+    ("CTXT_EIP", &["_eip"], 8),
+    ("CTXT_MODE", &["mode"], 4),
+    ("CTXT_FETCH_PTR", &["fetch", "ptr"], 8),
+    ("CTXT_FETCH_DATA", &["fetch", "data"], 15),
+];
+
+/// `x86_emulate_ctxt::mode` value for 64-bit mode (`enum x86emul_mode`), where the CS base is
+/// ignored by the CPU and taken as 0.
+pub const X86EMUL_MODE_PROT64: u32 = 4;
+
+/// Global: offset in the vcpu of the CS base in PVM's segment cache
+/// (`struct vcpu_pvm { struct kvm_vcpu vcpu; struct kvm_segment seg[8]; ... }`, `seg[VCPU_SREG_CS
+/// = 1].base`, what PVM's `get_segment_base(vcpu, CS)` returns to the kernel's own tracepoint),
+/// or [`NO_CS_BASE`] when the kernel has no such struct (then a linear RIP outside 64-bit mode
+/// assumes CS base 0).
+pub const VCPU_CS_BASE: &str = "VCPU_CS_BASE";
+pub const NO_CS_BASE: u32 = u32::MAX;
 
 /// Bit of `kvm_vcpu_arch::regs_avail` saying `regs[VCPU_REGS_RSP]` is current. On VMX/SVM the
 /// guest RSP lives in the VMCS/VMCB and is copied into `regs[]` only on demand.

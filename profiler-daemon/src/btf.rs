@@ -197,3 +197,59 @@ pub fn vcpu_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
     }
     Ok(out)
 }
+
+impl Btf {
+    /// Byte offset of a nested member (`["fetch", "ptr"]`) in struct `name`, and its type id.
+    pub fn member_path(&self, name: &str, path: &[&str]) -> Result<(u32, u32)> {
+        let mut off = 0;
+        let mut strukt = name.to_string();
+        let mut ty = 0;
+        for (i, m) in path.iter().enumerate() {
+            let (o, t) = self.member(&strukt, m)?;
+            off += o;
+            ty = t;
+            if i + 1 < path.len() {
+                let inner = self.resolve(t)?;
+                if inner.kind != KIND_STRUCT {
+                    bail!("{strukt}.{m} is not a struct in the kernel's BTF");
+                }
+                strukt = String::from_utf8_lossy(self.name(inner.name)).into_owned();
+            }
+        }
+        Ok((off, ty))
+    }
+}
+
+/// The `profiler_common::EMULATOR_GLOBALS` offsets in `struct x86_emulate_ctxt`, each checked
+/// for its expected width, plus `profiler_common::VCPU_CS_BASE` (PVM's CS segment cache, or
+/// `NO_CS_BASE` when this kernel has no `struct vcpu_pvm`).
+pub fn emulator_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
+    let mut out = Vec::new();
+    for (global, path, want) in profiler_common::EMULATOR_GLOBALS {
+        let (off, ty) = btf.member_path("x86_emulate_ctxt", path)?;
+        let width = btf.size_of(ty)?;
+        if width != *want {
+            bail!("x86_emulate_ctxt.{} is {width} bytes in this kernel, expected {want}", path.join("."));
+        }
+        out.push((*global, off));
+    }
+    out.push((profiler_common::VCPU_CS_BASE, pvm_cs_base(btf).unwrap_or(profiler_common::NO_CS_BASE)));
+    Ok(out)
+}
+
+/// `offsetof(struct vcpu_pvm, seg[VCPU_SREG_CS].base)`, valid as an offset from the
+/// `struct kvm_vcpu *` only because `vcpu` is vcpu_pvm's first member (checked).
+fn pvm_cs_base(btf: &Btf) -> Result<u32> {
+    const VCPU_SREG_CS: u32 = 1;
+    let (vcpu, _) = btf.member("vcpu_pvm", "vcpu")?;
+    if vcpu != 0 {
+        bail!("vcpu_pvm.vcpu is not at offset 0");
+    }
+    let (seg, seg_ty) = btf.member("vcpu_pvm", "seg")?;
+    let (elem, n) = btf.array_of(seg_ty)?;
+    let (base, base_ty) = btf.member("kvm_segment", "base")?;
+    if n <= VCPU_SREG_CS || btf.size_of(base_ty)? != 8 {
+        bail!("vcpu_pvm.seg is not the expected kvm_segment array");
+    }
+    Ok(seg + VCPU_SREG_CS * elem as u32 + base)
+}

@@ -28,7 +28,8 @@ Typical use:\n  sudo kvmprof record -o run.kvmprof -- qemu-system-x86_64 -enable
 sudo kvmprof record -o run.kvmprof --pid $(pidof qemu-system-x86_64) --duration 10\n  \
 kvmprof report run.kvmprof --by rip\n\n\
 Exit sources: `hw` (kvm_exit/kvm_entry, VMX/SVM hosts) and `emulated` (hosts where kvm_exit \
-never fires, e.g. PVM: the RIP comes from kvm_emulate_insn). The source is detected and named \
+never fires, e.g. PVM: the RIP is read from the instruction emulator at each exit, as kvm_emulate_insn \
+reports it). The source is detected and named \
 in every report."
 )]
 struct Cli {

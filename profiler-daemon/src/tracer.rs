@@ -22,8 +22,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub enum Source {
     /// `kvm_exit`/`kvm_entry`: hardware-assisted KVM (VMX/SVM).
     Hw,
-    /// `kvm_emulate_insn` + `kvm_pio`/`kvm_mmio`/`kvm_userspace_exit`: KVM without `kvm_exit`
-    /// (PVM, where every instruction is emulated).
+    /// `kvm_pio`/`kvm_mmio`/`kvm_userspace_exit` + `kvm_fpu`, the RIP read from the vcpu's
+    /// emulator context: KVM without `kvm_exit` (PVM, where every instruction is emulated).
     Emulated,
 }
 
@@ -35,18 +35,36 @@ impl Source {
         }
     }
 
-    /// The tracepoints (all in the `kvm` system) whose programs this source attaches.
+    /// Classic tracepoints (all in the `kvm` system) whose programs this source attaches;
+    /// each program has the tracepoint's name.
     pub fn tracepoints(self) -> &'static [&'static str] {
         match self {
-            Source::Hw => &["kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio"],
-            Source::Emulated => &["kvm_emulate_insn", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "kvm_fpu"],
+            Source::Hw => &["kvm_exit", "kvm_entry"],
+            // Raw tracepoints only: a classic one costs the event's TP_fast_assign and a
+            // perf-buffer record on top of the program (see raw_programs).
+            Source::Emulated => &[],
         }
     }
 
-    /// Raw-tracepoint programs that note each vCPU thread's `struct kvm_vcpu *` for caller
-    /// attribution: `(program, tracepoint)`. (fentry/tp_btf would be the BTF-typed choice,
-    /// but BPF_PROG_TYPE_TRACING is not available on every kernel, e.g. not on this PVM host.)
+    /// Raw-tracepoint programs attached for the whole recording: `(program, tracepoint)`.
     pub fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Source::Hw => &[("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
+            Source::Emulated => &[
+                ("kvm_pio", "kvm_pio"),
+                ("kvm_mmio", "kvm_mmio"),
+                ("kvm_userspace_exit", "kvm_userspace_exit"),
+                ("kvm_fpu", "kvm_fpu"),
+            ],
+        }
+    }
+
+    /// Raw-tracepoint programs that note each vCPU thread's `struct kvm_vcpu *` (for caller
+    /// attribution, and on the emulated source for the exiting instruction's RIP):
+    /// `(program, tracepoint)`. Attached only until every vCPU thread's pointer is cached
+    /// ([`Tracer::tick`]). (fentry/tp_btf would be the BTF-typed choice, but
+    /// BPF_PROG_TYPE_TRACING is not available on every kernel, e.g. not on this PVM host.)
+    pub fn vcpu_programs(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Source::Hw => &[("vcpu_of_exit", "kvm_exit")],
             Source::Emulated => &[("vcpu_of_insn", "kvm_emulate_insn")],
@@ -56,8 +74,8 @@ impl Source {
     /// Everything `check` and `record` attach, for messages.
     pub fn attach_points(self) -> Vec<String> {
         let mut v: Vec<String> = self.tracepoints().iter().map(|t| t.to_string()).collect();
-        for (_, tp) in self.raw_programs() {
-            v.push(format!("raw_tp:{tp}"));
+        for (_, tp) in self.vcpu_programs().iter().chain(self.raw_programs()) {
+            v.push(format!("{tp} (raw)"));
         }
         v
     }
@@ -144,6 +162,11 @@ impl Tracer {
         for (name, off) in &vcpu_offsets {
             loader.override_global(name, off, true);
         }
+        // struct x86_emulate_ctxt offsets (the emulated source's RIP) and PVM's CS base.
+        let emu_offsets = crate::btf::emulator_offsets(&kbtf).context("the emulated source needs struct x86_emulate_ctxt in the kernel's BTF")?;
+        for (name, off) in &emu_offsets {
+            loader.override_global(name, off, true);
+        }
         if !cfg.stream_records {
             // The ring buffer is never written: don't pin 16 MiB of kernel memory for it.
             loader.map_max_entries(maps::RECORDS, 4096);
@@ -159,9 +182,14 @@ impl Tracer {
             prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {tp}: {e}"))?;
             prog.attach("kvm", tp).map_err(|e| anyhow!("cannot attach to tracepoint kvm:{tp}: {e}"))?;
         }
+        for (name, tp) in cfg.source.raw_programs() {
+            let prog = raw_program(&mut ebpf, name)?;
+            prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {name}: {e}"))?;
+            prog.attach(tp).map_err(|e| anyhow!("cannot attach to raw tracepoint {tp}: {e}"))?;
+        }
         // Attached after the classic programs, so on a shared tracepoint they run second.
         let mut vcpu_links = Vec::new();
-        for (name, tp) in cfg.source.raw_programs() {
+        for (name, tp) in cfg.source.vcpu_programs() {
             let prog = raw_program(&mut ebpf, name)?;
             prog.load().map_err(|e| anyhow!("the kernel rejected eBPF program {name}: {e}"))?;
             let link = prog.attach(tp).map_err(|e| anyhow!("cannot attach to raw tracepoint {tp}: {e}"))?;

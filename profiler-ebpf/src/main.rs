@@ -4,8 +4,15 @@
 //!
 //! Two exit sources (the loader attaches one set):
 //! - hw: `kvm_exit` + `kvm_entry`, with `kvm_pio`/`kvm_mmio` adding the port or address;
-//! - emulated (PVM, where `kvm_exit` never fires): `kvm_emulate_insn` gives the RIP,
-//!   `kvm_pio`/`kvm_mmio`/`kvm_userspace_exit` the exit, `kvm_fpu` load the re-entry.
+//! - emulated (PVM, where `kvm_exit` never fires): `kvm_pio`/`kvm_mmio`/`kvm_userspace_exit`
+//!   the exit, `kvm_fpu` load the re-entry. The RIP of the exiting instruction is read at the
+//!   exit event from the vcpu's instruction-emulator context (`insn_rip`), so nothing runs per
+//!   guest instruction except `vcpu_of_insn`, and that only until every vCPU thread's
+//!   `struct kvm_vcpu *` is known (then the daemon detaches it).
+//!
+//! Every program except the hw source's `kvm_exit`/`kvm_entry` is a raw tracepoint: no
+//! TP_fast_assign, no perf-buffer record, the TP_PROTO arguments in registers. (The per-exit
+//! classic programs cost ~4 x 0.1-0.2 us per exit here.)
 //!
 //! Caller attribution (the paper's Table 3): when an exit begins, the guest's RBP and paging
 //! registers are read from the thread's `struct kvm_vcpu` and the caller's return address
@@ -28,8 +35,8 @@ use aya_ebpf::{
 use profiler_common::{
     counter, detail,
     guest::{self, GuestMemMap, Paging},
-    maps, mmio_type, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, REGS_AVAIL_RSP,
-    UNKNOWN_CALLER,
+    maps, mmio_type, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE,
+    REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
 // Read-only globals, set by the loader (`EbpfLoader::set_global`); the values here are only
@@ -40,25 +47,7 @@ static TARGET_TGID: u32 = 0;
 static STREAM_RECORDS: u8 = 0;
 #[no_mangle]
 static HW_SOURCE: u8 = 0;
-// Tracepoint field offsets from the running kernel's format files.
-#[no_mangle]
-static EMULATE_INSN_RIP: u32 = 0;
-#[no_mangle]
-static EMULATE_INSN_CSBASE: u32 = 0;
-#[no_mangle]
-static EMULATE_INSN_FAILED: u32 = 0;
-#[no_mangle]
-static PIO_RW: u32 = 0;
-#[no_mangle]
-static PIO_PORT: u32 = 0;
-#[no_mangle]
-static MMIO_TYPE: u32 = 0;
-#[no_mangle]
-static MMIO_GPA: u32 = 0;
-#[no_mangle]
-static USERSPACE_EXIT_REASON: u32 = 0;
-#[no_mangle]
-static FPU_LOAD: u32 = 0;
+// Tracepoint field offsets from the running kernel's format files (classic kvm_exit only).
 #[no_mangle]
 static EXIT_REASON: u32 = 0;
 #[no_mangle]
@@ -82,6 +71,20 @@ static VCPU_CR3: u32 = 0;
 static VCPU_CR4: u32 = 0;
 #[no_mangle]
 static VCPU_EFER: u32 = 0;
+#[no_mangle]
+static VCPU_EMULATE_CTXT: u32 = 0;
+// `struct x86_emulate_ctxt` offsets from BTF (profiler_common::EMULATOR_GLOBALS).
+#[no_mangle]
+static CTXT_EIP: u32 = 0;
+#[no_mangle]
+static CTXT_MODE: u32 = 0;
+#[no_mangle]
+static CTXT_FETCH_PTR: u32 = 0;
+#[no_mangle]
+static CTXT_FETCH_DATA: u32 = 0;
+/// profiler_common::VCPU_CS_BASE: PVM's cached CS base in the vcpu, or NO_CS_BASE.
+#[no_mangle]
+static VCPU_CS_BASE: u32 = 0;
 
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
@@ -300,42 +303,63 @@ pub fn vcpu_of_exit(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-// ---- emulated source ----
+// ---- emulated source (raw tracepoints) ----
 
-#[tracepoint]
-pub fn kvm_emulate_insn(ctx: TracePointContext) -> u32 {
-    let Some(t) = traced_thread() else { return 0 };
-    // The same tracepoint fires again with failed=1 for an instruction that could not be
-    // emulated; the instruction was already seen.
-    if field::<u8>(&ctx, &EMULATE_INSN_FAILED).unwrap_or(0) != 0 {
+/// Linear address of the instruction the emulator is on, as the kernel's kvm_emulate_insn
+/// tracepoint computes it: `csbase + ctxt->_eip - (ctxt->fetch.ptr - ctxt->fetch.data)`, with
+/// `ctxt = vcpu->arch.emulate_ctxt`. Valid from the instruction's decode until the next fetch,
+/// which covers every exit event (profiler_common::EMULATOR_GLOBALS). CS base: 0 in 64-bit
+/// mode; otherwise PVM's segment cache (what the kernel's tracepoint prints), or 0 when the
+/// kernel has none. 0 (no RIP) when the vcpu is not known.
+#[inline(always)]
+fn insn_rip(vcpu: u64) -> u64 {
+    if vcpu == 0 {
         return 0;
     }
-    let rip = field::<u64>(&ctx, &EMULATE_INSN_RIP).unwrap_or(0);
-    let csbase = field::<u32>(&ctx, &EMULATE_INSN_CSBASE).unwrap_or(0) as u64;
-    if let Some(s) = thread_state(&t) {
-        charge(s.on_emulated_insn(now(), csbase.wrapping_add(rip)));
+    let Some(ctxt) = vcpu_field(vcpu, &VCPU_EMULATE_CTXT) else { return 0 };
+    if ctxt == 0 {
+        return 0;
     }
-    0
+    let read = |off: &'static u32| unsafe { bpf_probe_read_kernel((ctxt + global(off) as u64) as *const u64).ok() };
+    let (Some(eip), Some(ptr)) = (read(&CTXT_EIP), read(&CTXT_FETCH_PTR)) else { return 0 };
+    let data = ctxt + global(&CTXT_FETCH_DATA) as u64;
+    let len = ptr.wrapping_sub(data);
+    if len > 15 {
+        // Not a decoded instruction (x86 instructions are at most 15 bytes).
+        return 0;
+    }
+    let mode = unsafe { bpf_probe_read_kernel((ctxt + global(&CTXT_MODE) as u64) as *const u32).unwrap_or(0) };
+    let cs = global(&VCPU_CS_BASE);
+    let csbase = if mode == X86EMUL_MODE_PROT64 || cs == NO_CS_BASE {
+        0
+    } else {
+        // The kernel's tracepoint stores csbase in a __u32 field: the same truncation here.
+        vcpu_field(vcpu, &VCPU_CS_BASE).unwrap_or(0) as u32 as u64
+    };
+    csbase.wrapping_add(eip.wrapping_sub(len))
 }
 
-#[tracepoint]
-pub fn kvm_pio(ctx: TracePointContext) -> u32 {
+/// Raw `kvm_pio(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
+/// const void *data)`.
+#[raw_tracepoint(tracepoint = "kvm_pio")]
+pub fn kvm_pio(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    let write = field::<u32>(&ctx, &PIO_RW).unwrap_or(0) != 0;
-    let port = field::<u32>(&ctx, &PIO_PORT).unwrap_or(0) as u64;
+    let write = ctx.arg::<u64>(0) as u32 != 0;
+    let port = ctx.arg::<u64>(1) as u32 as u64;
     let kind = if write { detail::PORT_OUT } else { detail::PORT_IN };
     access(t, kind, port);
     0
 }
 
-#[tracepoint]
-pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
+/// Raw `kvm_mmio(int type, int len, u64 gpa, void *val)`.
+#[raw_tracepoint(tracepoint = "kvm_mmio")]
+pub fn kvm_mmio(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    let kind = match field::<u32>(&ctx, &MMIO_TYPE).unwrap_or(0) {
+    let kind = match ctx.arg::<u64>(0) as u32 {
         mmio_type::WRITE => detail::MMIO_WRITE,
         _ => detail::MMIO_READ,
     };
-    let gpa = field::<u64>(&ctx, &MMIO_GPA).unwrap_or(0);
+    let gpa = ctx.arg::<u64>(2);
     access(t, kind, gpa);
     0
 }
@@ -346,28 +370,32 @@ fn access(t: Thread, kind: u8, addr: u64) {
     if global(&HW_SOURCE) != 0 {
         s.on_hw_detail(kind, addr);
     } else {
-        charge(s.on_emulated_access(now(), t, kind, addr));
+        let rip = insn_rip(thread_vcpu(s, &t));
+        charge(s.on_live_access(now(), t, kind, addr, rip));
         attribute_caller(s, &t);
     }
 }
 
-#[tracepoint]
-pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
+/// Raw `kvm_userspace_exit(u32 reason, int errno)`.
+#[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
+pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    let reason = field::<u32>(&ctx, &USERSPACE_EXIT_REASON).unwrap_or(0);
+    let reason = ctx.arg::<u64>(0) as u32;
     if let Some(s) = thread_state(&t) {
-        charge(s.on_userspace_exit(now(), t, reason));
+        let rip = insn_rip(thread_vcpu(s, &t));
+        charge(s.on_live_userspace_exit(now(), t, reason, rip));
         attribute_caller(s, &t);
     }
     0
 }
 
-#[tracepoint]
-pub fn kvm_fpu(ctx: TracePointContext) -> u32 {
-    let Some(t) = traced_thread() else { return 0 };
-    if field::<u32>(&ctx, &FPU_LOAD).unwrap_or(0) == 0 {
+/// Raw `kvm_fpu(int load)`: load = the thread entered KVM_RUN.
+#[raw_tracepoint(tracepoint = "kvm_fpu")]
+pub fn kvm_fpu(ctx: RawTracePointContext) -> u32 {
+    if ctx.arg::<u64>(0) as u32 == 0 {
         return 0;
     }
+    let Some(t) = traced_thread() else { return 0 };
     if let Some(s) = THREADS.get_ptr_mut(t.tid) {
         unsafe { (*s).on_run_entry(now()) };
     }
