@@ -45,6 +45,7 @@ pub const WL_TIMER: u32 = 3;
 pub const WL_PIO_LOOP: u32 = 4;
 pub const WL_HOSTILE: u32 = 5;
 pub const WL_TRIPLE_FAULT: u32 = 6;
+pub const WL_TIMER_DISK: u32 = 7;
 
 pub const FLAG_BATCH_PIO: u32 = 1;
 pub const FLAG_SKIP_PMTMR_CALIBRATION: u32 = 2;

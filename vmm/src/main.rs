@@ -42,6 +42,10 @@ enum WorkloadArg {
     Hostile,
     /// Execute ud2 with no exception handlers.
     TripleFault,
+    /// disk-write with the guest timer on during the I/O: IRQ0 unmasked, interrupts
+    /// enabled, at the programmed 1000 Hz (or what --pit-hz delivers); reports ticks and
+    /// sectors/s measured by the guest's PM timer. Needs --disk.
+    TimerDisk,
 }
 
 impl From<WorkloadArg> for Workload {
@@ -53,6 +57,7 @@ impl From<WorkloadArg> for Workload {
             WorkloadArg::PioLoop => Workload::PioLoop,
             WorkloadArg::Hostile => Workload::Hostile,
             WorkloadArg::TripleFault => Workload::TripleFault,
+            WorkloadArg::TimerDisk => Workload::TimerDisk,
         }
     }
 }
@@ -67,7 +72,7 @@ struct RunArgs {
     disk: Option<PathBuf>,
     #[arg(long, value_enum)]
     workload: WorkloadArg,
-    /// Sectors for disk-write/disk-read, iterations for pio-loop.
+    /// Sectors for disk-write/disk-read/timer-disk, iterations for pio-loop.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     count: u64,
     /// Duration of the timer workload, measured by the guest on its PM timer.

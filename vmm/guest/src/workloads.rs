@@ -5,7 +5,8 @@ use crate::batch::{pio_batch, PioQueue};
 use crate::ide::{self, Dir, IdeError, Sector};
 use crate::io::{inb, inl, inw, outb, outl};
 use crate::kprint;
-use crate::timer::{self, pm_read, Calibration, PM_HZ, PM_MASK};
+use crate::timer::{self, pm_read, Calibration, PM_HZ, PM_MASK, TICKS};
+use core::sync::atomic::Ordering;
 
 /// The disk pattern: little-endian u64 word `i` of sector `lba`. The tests recompute it.
 #[inline(always)]
@@ -37,6 +38,8 @@ struct DiskResult {
     pm_ticks: u64,
     capacity: u64,
     done: u64,
+    /// Timer ticks taken during the I/O phase (timer-disk only).
+    ticks: u64,
     err: Option<IdeError>,
 }
 
@@ -46,17 +49,29 @@ const PM_EVERY: u64 = 128;
 
 #[inline(never)]
 fn disk_write_workload(n: u64, batched: bool) -> DiskResult {
-    disk_workload(Dir::Write, n, batched)
+    disk_workload(Dir::Write, n, batched, false)
 }
 
 #[inline(never)]
 fn disk_read_workload(n: u64, batched: bool) -> DiskResult {
-    disk_workload(Dir::Read, n, batched)
+    disk_workload(Dir::Read, n, batched, false)
+}
+
+/// disk-write with the timer on: IRQ0 unmasked and interrupts enabled over the whole
+/// I/O phase (the write loop and the FLUSH), at the programmed 1000 Hz. The IDE code
+/// still polls (nIEN set, no disk interrupt); the ISR (`timer_interrupt`) only bumps
+/// `TICKS` and writes the EOI in `ack_irq`, so a tick taken in the middle of a command,
+/// even inside `rep outsw`, leaves the task file, the queue and the buffer alone. Exits on
+/// top of disk-write's: 0x21 two (unmask, mask), 0x20 one per tick (the EOI), and the
+/// interrupt windows of ticks that fell due while IF was clear (inside the ISR).
+#[inline(never)]
+fn timer_disk_workload(n: u64, batched: bool) -> DiskResult {
+    disk_workload(Dir::Write, n, batched, true)
 }
 
 #[inline(always)]
-fn disk_workload(dir: Dir, n: u64, batched: bool) -> DiskResult {
-    let mut r = DiskResult { checksum: FNV_INIT, pm_ticks: 0, capacity: 0, done: 0, err: None };
+fn disk_workload(dir: Dir, n: u64, batched: bool, timer_on: bool) -> DiskResult {
+    let mut r = DiskResult { checksum: FNV_INIT, pm_ticks: 0, capacity: 0, done: 0, ticks: 0, err: None };
     ide::ide_init();
     match ide::ide_identify() {
         Ok(c) => r.capacity = c,
@@ -66,7 +81,15 @@ fn disk_workload(dir: Dir, n: u64, batched: bool) -> DiskResult {
         }
     }
     let mut buf = Sector([0; 256]);
+    if timer_on {
+        TICKS.store(0, Ordering::Relaxed);
+        timer::pic_set_mask(0xfe);
+    }
     let mut last = pm_read();
+    if timer_on {
+        // Not `nomem`: a compiler barrier, so nothing moves across it.
+        unsafe { core::arch::asm!("sti", options(nostack)) };
+    }
     let mut lba = 0u64;
     while lba < n {
         if dir == Dir::Write {
@@ -97,6 +120,11 @@ fn disk_workload(dir: Dir, n: u64, batched: bool) -> DiskResult {
     }
     let now = pm_read();
     r.pm_ticks += (now.wrapping_sub(last) & PM_MASK) as u64;
+    if timer_on {
+        unsafe { core::arch::asm!("cli", options(nostack)) };
+        timer::pic_set_mask(0xff);
+        r.ticks = TICKS.load(Ordering::Relaxed);
+    }
     r
 }
 
@@ -145,6 +173,22 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
                 if write { "disk-write" } else { "disk-read" },
                 if status == 0 { "ok" } else { "error" },
                 r.done, p.count, batched, r.checksum, r.pm_ticks, rate, r.capacity
+            );
+            print_calibration(cal);
+            print_ide_error(r.err);
+            kprint!("}}\n");
+        }
+        WL_TIMER_DISK => {
+            let r = timer_disk_workload(p.count, batched);
+            if r.err.is_some() {
+                status = 1;
+            }
+            let rate = if r.pm_ticks > 0 { r.done * PM_HZ / r.pm_ticks } else { 0 };
+            let tick_rate = if r.pm_ticks > 0 { r.ticks * PM_HZ / r.pm_ticks } else { 0 };
+            kprint!(
+                "@@result {{\"workload\":\"timer-disk\",\"status\":\"{}\",\"sectors\":{},\"requested\":{},\"batched\":{},\"checksum\":\"0x{:016x}\",\"pm_ticks\":{},\"sectors_per_sec\":{},\"disk_sectors\":{},\"programmed_hz\":{},\"ticks\":{},\"ticks_per_sec\":{},",
+                if status == 0 { "ok" } else { "error" },
+                r.done, p.count, batched, r.checksum, r.pm_ticks, rate, r.capacity, timer::GUEST_HZ, r.ticks, tick_rate
             );
             print_calibration(cal);
             print_ide_error(r.err);
