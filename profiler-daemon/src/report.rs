@@ -236,7 +236,7 @@ pub fn build(rec: &Recording, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Strin
 pub fn source_description(source: &str) -> &'static str {
     match source {
         "hw" => "hw: kvm_exit/kvm_entry",
-        "emulated" => "emulated: kvm_emulate_insn + kvm_pio/kvm_mmio/kvm_userspace_exit",
+        "emulated" => "emulated: kvm_pio/kvm_mmio/kvm_userspace_exit at the emulated instruction's RIP",
         _ => "unknown source",
     }
 }
