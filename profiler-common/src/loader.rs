@@ -1,0 +1,106 @@
+//! What the loader and the eBPF programs must agree on by name: maps, their sizes, loss
+//! counters, and the read-only globals (tracepoint field offsets, kernel struct offsets).
+
+/// Names and sizes of the maps, shared so the loader and the programs cannot disagree.
+pub mod maps {
+    /// `Array<u32>` of one slot: 1 while recording. Programs attach and detach one at a time;
+    /// the switch makes the recorded window start after the last attach and end before the
+    /// first detach, so no exit is seen by only some of the programs.
+    pub const CONTROL: &str = "CONTROL";
+    /// `PerCpuHashMap<ExitKey, ExitStats>`: the in-kernel aggregation.
+    pub const EXITS: &str = "EXITS";
+    pub const EXITS_MAX_ENTRIES: u32 = 65536;
+    /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine.
+    pub const THREADS: &str = "THREADS";
+    pub const THREADS_MAX_ENTRIES: u32 = 16384;
+    /// `RingBuf` of [`super::ExitRecord`], written only when records are requested.
+    pub const RECORDS: &str = "RECORDS";
+    pub const RECORDS_BYTES: u32 = 16 << 20;
+    /// `PerCpuArray<u64>` of loss counters, indexed by [`super::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `HashMap<u32 tgid, guest::GuestMemMap>`: guest-physical -> host-virtual regions of each
+    /// traced VMM, filled by the daemon (from `--guest-memory-map` or tinyvmm's `--memory-map`).
+    pub const GUEST_MEMORY: &str = "GUEST_MEMORY";
+    pub const GUEST_MEMORY_MAX_ENTRIES: u32 = 256;
+}
+
+/// Indexes into the `COUNTERS` map: everything that was lost is counted, never silent.
+pub mod counter {
+    /// Records that did not fit in the ring buffer (they are still aggregated).
+    pub const RECORDS_DROPPED: u32 = 0;
+    /// Exits not aggregated because `EXITS` was full.
+    pub const EXIT_KEYS_FULL: u32 = 1;
+    /// Events ignored because `THREADS` was full.
+    pub const THREADS_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Read-only globals (besides the field offsets) the loader sets.
+pub mod globals {
+    /// `u32`: only this process is traced; 0 traces every process.
+    pub const TARGET_TGID: &str = "TARGET_TGID";
+    /// `u8`: 1 streams every exit through `RECORDS`.
+    pub const STREAM_RECORDS: &str = "STREAM_RECORDS";
+    /// `u8`: 1 = hw source (`kvm_pio`/`kvm_mmio` only add detail to a `kvm_exit`).
+    pub const HW_SOURCE: &str = "HW_SOURCE";
+}
+
+/// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the
+/// running kernel's `events/kvm/*/format` files (never from a header) and passed in as
+/// read-only globals. Names are `<EVENT>_<FIELD>`.
+/// Only the hw source's `kvm_exit` is a classic tracepoint program: every emulated-source
+/// event is a raw tracepoint (its arguments are the TP_PROTO arguments, no format file).
+pub const FIELD_GLOBALS: &[(&str, &str, &str)] = &[
+    ("EXIT_REASON", "kvm_exit", "exit_reason"),
+    ("EXIT_GUEST_RIP", "kvm_exit", "guest_rip"),
+    ("EXIT_ISA", "kvm_exit", "isa"),
+    ("EXIT_VCPU_ID", "kvm_exit", "vcpu_id"),
+];
+
+/// Byte offsets inside `struct kvm_vcpu` the programs read guest registers at, taken at load
+/// time from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), never from a header: the
+/// layout changes with kernel version and config. `(global, kvm_vcpu_arch member, index)`:
+/// the offset is `offsetof(kvm_vcpu, arch) + offsetof(kvm_vcpu_arch, member) + 8 * index`.
+pub const VCPU_GLOBALS: &[(&str, &str, u32)] = &[
+    // regs[VCPU_REGS_RSP = 4], regs[VCPU_REGS_RBP = 5] (arch/x86/include/asm/kvm_vcpu_regs.h).
+    ("VCPU_RSP", "regs", 4),
+    ("VCPU_RBP", "regs", 5),
+    ("VCPU_REGS_AVAIL", "regs_avail", 0),
+    ("VCPU_CR0", "cr0", 0),
+    ("VCPU_CR3", "cr3", 0),
+    ("VCPU_CR4", "cr4", 0),
+    ("VCPU_EFER", "efer", 0),
+    // The instruction emulator's state (a pointer to struct x86_emulate_ctxt): the live
+    // emulated source reads the exiting instruction's RIP from it (see EMULATOR_GLOBALS).
+    ("VCPU_EMULATE_CTXT", "emulate_ctxt", 0),
+];
+
+/// Byte offsets inside `struct x86_emulate_ctxt` (from the running kernel's BTF), for the RIP
+/// of the instruction being emulated, computed exactly as the kernel's `kvm_emulate_insn`
+/// tracepoint does: `rip = ctxt->_eip - (ctxt->fetch.ptr - ctxt->fetch.data)`. `_eip` and
+/// `fetch.ptr` advance together while the instruction is decoded, so the expression names the
+/// instruction's first byte from decode until the next instruction is fetched: at `kvm_pio`
+/// (mid-instruction, also on a read's completion), `kvm_mmio` and `kvm_userspace_exit`.
+/// `(global, member path, expected width)`; `fetch.data` is an array: its address is used.
+pub const EMULATOR_GLOBALS: &[(&str, &[&str], u64)] = &[
+    ("CTXT_EIP", &["_eip"], 8),
+    ("CTXT_MODE", &["mode"], 4),
+    ("CTXT_FETCH_PTR", &["fetch", "ptr"], 8),
+    ("CTXT_FETCH_DATA", &["fetch", "data"], 15),
+];
+
+/// `x86_emulate_ctxt::mode` value for 64-bit mode (`enum x86emul_mode`), where the CS base is
+/// ignored by the CPU and taken as 0.
+pub const X86EMUL_MODE_PROT64: u32 = 4;
+
+/// Global: offset in the vcpu of the CS base in PVM's segment cache
+/// (`struct vcpu_pvm { struct kvm_vcpu vcpu; struct kvm_segment seg[8]; ... }`, `seg[VCPU_SREG_CS
+/// = 1].base`, what PVM's `get_segment_base(vcpu, CS)` returns to the kernel's own tracepoint),
+/// or [`NO_CS_BASE`] when the kernel has no such struct (then a linear RIP outside 64-bit mode
+/// assumes CS base 0).
+pub const VCPU_CS_BASE: &str = "VCPU_CS_BASE";
+pub const NO_CS_BASE: u32 = u32::MAX;
+
+/// Bit of `kvm_vcpu_arch::regs_avail` saying `regs[VCPU_REGS_RSP]` is current. On VMX/SVM the
+/// guest RSP lives in the VMCS/VMCB and is copied into `regs[]` only on demand.
+pub const REGS_AVAIL_RSP: u32 = 1 << 4;
