@@ -12,6 +12,7 @@ fn main() {
     for p in ["src", "Cargo.toml", "Cargo.lock", "link.ld", "build.rs", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", guest.join(p).display());
     }
+    println!("cargo:rerun-if-changed={}", manifest.join("abi").display());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     // The outer build's flags and target would leak into the guest build: strip them.

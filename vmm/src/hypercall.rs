@@ -24,36 +24,22 @@
 //! 3 an entry has an unknown op, a bad size or targets the doorbell. On an error nothing
 //! is replayed, and the VMM keeps running.
 
-use crate::abi::PORT_DOORBELL;
+use crate::abi::{BATCH_ENTRY_SIZE as ENTRY_SIZE, BATCH_ERR_ADDRESS, BATCH_ERR_COUNT, BATCH_ERR_ENTRY, BATCH_MAX, BATCH_OP_IN as OP_IN, BATCH_OP_OUT as OP_OUT, PORT_DOORBELL};
+pub use crate::abi::PioEntry;
 use crate::bus::PortBus;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-pub const BATCH_MAX: u32 = 64;
-pub const ENTRY_SIZE: usize = 8;
-pub const OP_OUT: u8 = 0;
-pub const OP_IN: u8 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     #[error("queue not inside guest RAM")]
-    Address = 1,
+    Address = BATCH_ERR_ADDRESS as isize,
     #[error("entry count over the limit")]
-    Count = 2,
+    Count = BATCH_ERR_COUNT as isize,
     #[error("malformed queue entry")]
-    Entry = 3,
+    Entry = BATCH_ERR_ENTRY as isize,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PioEntry {
-    pub op: u8,
-    pub size: u8,
-    pub port: u16,
-    pub value: u32,
-}
-
-// SAFETY: plain integers, 8 bytes, no padding.
-unsafe impl vm_memory::ByteValued for PioEntry {}
 
 /// Replays a queue; returns the number of entries run. `on_entry` sees each replayed port.
 pub fn replay(
@@ -63,18 +49,18 @@ pub fn replay(
     count: u32,
     mut on_entry: impl FnMut(u16),
 ) -> Result<u32, BatchError> {
-    if count > BATCH_MAX {
+    if count as usize > BATCH_MAX {
         return Err(BatchError::Count);
     }
     if count == 0 {
         return Ok(0);
     }
     let n = count as usize;
-    let mut raw = [0u8; BATCH_MAX as usize * ENTRY_SIZE];
+    let mut raw = [0u8; BATCH_MAX * ENTRY_SIZE];
     let bytes = &mut raw[..n * ENTRY_SIZE];
     gpa.checked_add(bytes.len() as u64).ok_or(BatchError::Address)?;
     mem.read_slice(bytes, GuestAddress(gpa)).map_err(|_| BatchError::Address)?;
-    let mut entries = [PioEntry::default(); BATCH_MAX as usize];
+    let mut entries = [PioEntry::default(); BATCH_MAX];
     for (e, b) in entries.iter_mut().zip(bytes.chunks_exact(ENTRY_SIZE)) {
         *e = PioEntry {
             op: b[0],
