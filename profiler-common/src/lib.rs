@@ -52,8 +52,23 @@ pub mod detail {
 
 /// `KVM_EXIT_*` codes the state machine itself needs (uapi/linux/kvm.h).
 pub mod kvm_exit {
+    pub const UNKNOWN: u32 = 0;
     pub const IO: u32 = 2;
     pub const MMIO: u32 = 6;
+    pub const INTR: u32 = 10;
+    const EINTR: i32 = 4;
+
+    /// The reason of a `kvm_userspace_exit(reason, errno)`. When KVM_RUN fails (errno < 0),
+    /// `reason` still holds the previous exit's value: an interrupted run (-EINTR, a signal
+    /// such as a VMM kicking its vCPU thread) is `INTR`, any other error `UNKNOWN`, never a
+    /// second copy of the last exit.
+    pub fn userspace_exit_reason(reason: u32, errno: i32) -> u32 {
+        match errno {
+            0.. => reason,
+            e if e == -EINTR => INTR,
+            _ => UNKNOWN,
+        }
+    }
 }
 
 /// `kvm_mmio` tracepoint `type` values (KVM_TRACE_MMIO_*).

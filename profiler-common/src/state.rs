@@ -304,6 +304,25 @@ mod tests {
         assert_eq!((k.key.rip, k.key.detail, k.duration_ns), (0x100f, 0x43, 5));
     }
 
+    // A KVM_RUN interrupted by a signal returns -EINTR with the previous exit's reason still
+    // in kvm_run: it is an INTR exit of its own, and the port-I/O exit before it keeps its port.
+    #[test]
+    fn interrupted_run_is_an_intr_exit_not_a_copy_of_the_last_one() {
+        use crate::kvm_exit::{userspace_exit_reason, INTR, UNKNOWN};
+        assert_eq!(userspace_exit_reason(IO, 0), IO);
+        assert_eq!(userspace_exit_reason(IO, -4), INTR);
+        assert_eq!(userspace_exit_reason(IO, -14), UNKNOWN);
+        let mut s = ThreadState::default();
+        assert_eq!(s.on_live_access(100, T, detail::PORT_OUT, 0x5f1, 0x6a), None);
+        assert_eq!(s.on_live_userspace_exit(101, T, IO, 0x6a), None);
+        s.on_run_entry(120);
+        let io = rec(s.on_live_userspace_exit(130, T, userspace_exit_reason(IO, -4), 0x6a));
+        assert_eq!((io.key.reason, io.key.detail_kind, io.key.detail, io.duration_ns), (IO, detail::PORT_OUT, 0x5f1, 20));
+        s.on_run_entry(150);
+        let intr = rec(s.take_pending(999));
+        assert_eq!((intr.key.reason, intr.key.rip, intr.duration_ns), (INTR, 0x6a, 20));
+    }
+
     #[test]
     fn hw_exit_lasts_until_the_entry_and_takes_the_port() {
         let mut s = ThreadState::default();

@@ -13,7 +13,7 @@ use std::io::BufRead;
 
 
 use anyhow::{bail, Context, Result};
-use profiler_common::{detail, isa, Thread, NO_VCPU};
+use profiler_common::{detail, isa, kvm_exit, Thread, NO_VCPU};
 
 use crate::aggregate::{Aggregate, Threads};
 use crate::reasons;
@@ -209,10 +209,12 @@ pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> 
                 }
             }
             "kvm_userspace_exit" => {
-                // "reason KVM_EXIT_IO (2)", or "reason restart (4)" for -EINTR.
+                // "reason KVM_EXIT_IO (2)"; a failed KVM_RUN prints "reason restart (4)" for
+                // -EINTR and "reason error (N)" for -N, with no reason of its own.
                 let code = a.rsplit_once('(').and_then(|(_, c)| c.trim_end_matches(')').parse::<u32>().ok());
+                let failed = a.starts_with("reason restart") || a.starts_with("reason error");
                 match code {
-                    Some(_) if a.contains("restart") => s.on_userspace_exit(now, t, KVM_EXIT_INTR),
+                    Some(c) if failed => s.on_userspace_exit(now, t, kvm_exit::userspace_exit_reason(0, -(c as i32))),
                     Some(c) => s.on_userspace_exit(now, t, c),
                     None => {
                         skipped += 1;
@@ -247,7 +249,6 @@ pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> 
     Ok(Imported { recording: agg.into_recording(meta, infos), lines, events, skipped })
 }
 
-const KVM_EXIT_INTR: u32 = 10;
 
 fn access(s: &mut profiler_common::ThreadState, hw: bool, now: u64, t: Thread, kind: u8, addr: u64) -> Option<profiler_common::ExitRecord> {
     if hw {

@@ -33,7 +33,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use profiler_common::{
-    counter, detail,
+    counter, detail, kvm_exit,
     guest::{self, GuestMemMap, Paging},
     maps, mmio_type, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE,
     REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
@@ -380,7 +380,7 @@ fn access(t: Thread, kind: u8, addr: u64) {
 #[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
 pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    let reason = ctx.arg::<u64>(0) as u32;
+    let reason = kvm_exit::userspace_exit_reason(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
     if let Some(s) = thread_state(&t) {
         let rip = insn_rip(thread_vcpu(s, &t));
         charge(s.on_live_userspace_exit(now(), t, reason, rip));
