@@ -33,6 +33,13 @@ pub struct DiffRow {
     /// The port when every exit of the row, before and after, was on one port.
     pub port: Option<String>,
     pub direction: Option<&'static str>,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// Exit count and time before and after, and their change: for one row, or for the totals.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Change {
     pub count_before: u64,
     pub count_after: u64,
     pub count_change: i64,
@@ -44,16 +51,21 @@ pub struct DiffRow {
     pub time_change_pct: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Totals {
-    pub count_before: u64,
-    pub count_after: u64,
-    pub count_change: i64,
-    pub count_change_pct: Option<f64>,
-    pub time_before_ns: u64,
-    pub time_after_ns: u64,
-    pub time_change_ns: i64,
-    pub time_change_pct: Option<f64>,
+impl Change {
+    fn new(count: (u64, u64), time_ns: (u64, u64)) -> Change {
+        let (cb, ca) = count;
+        let (tb, ta) = time_ns;
+        Change {
+            count_before: cb,
+            count_after: ca,
+            count_change: change(cb, ca),
+            count_change_pct: pct(cb, ca),
+            time_before_ns: tb,
+            time_after_ns: ta,
+            time_change_ns: change(tb, ta),
+            time_change_pct: pct(tb, ta),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +73,7 @@ pub struct Diff {
     pub by: DiffBy,
     pub source_before: String,
     pub source_after: String,
-    pub totals: Totals,
+    pub totals: Change,
     pub rows: Vec<DiffRow>,
 }
 
@@ -118,22 +130,15 @@ pub fn build(before: &Recording, after: &Recording, by: DiffBy, resolve: &dyn Fn
                 reason,
                 port: port.as_ref().map(|(p, _)| p.clone()),
                 direction: port.and_then(|(_, d)| d),
-                count_before: cb,
-                count_after: ca,
-                count_change: change(cb, ca),
-                count_change_pct: pct(cb, ca),
-                time_before_ns: tb,
-                time_after_ns: ta,
-                time_change_ns: change(tb, ta),
-                time_change_pct: pct(tb, ta),
+                change: Change::new((cb, ca), (tb, ta)),
             }
         })
         .collect();
     rows.sort_by(|x, y| {
-        y.count_change
+        y.change.count_change
             .unsigned_abs()
-            .cmp(&x.count_change.unsigned_abs())
-            .then(y.time_change_ns.unsigned_abs().cmp(&x.time_change_ns.unsigned_abs()))
+            .cmp(&x.change.count_change.unsigned_abs())
+            .then(y.change.time_change_ns.unsigned_abs().cmp(&x.change.time_change_ns.unsigned_abs()))
             .then(x.rip.cmp(&y.rip))
             .then(x.function.cmp(&y.function))
     });
@@ -142,16 +147,7 @@ pub fn build(before: &Recording, after: &Recording, by: DiffBy, resolve: &dyn Fn
         by,
         source_before: rb.source,
         source_after: ra.source,
-        totals: Totals {
-            count_before: cb,
-            count_after: ca,
-            count_change: change(cb, ca),
-            count_change_pct: pct(cb, ca),
-            time_before_ns: tb,
-            time_after_ns: ta,
-            time_change_ns: change(tb, ta),
-            time_change_pct: pct(tb, ta),
-        },
+        totals: Change::new((cb, ca), (tb, ta)),
         rows,
     }
 }
@@ -220,14 +216,14 @@ impl Diff {
             let last = if self.by == DiffBy::Rip { name } else { r.rip.clone().unwrap_or_else(|| "-".into()) };
             cells.push(vec![
                 first,
-                r.count_before.to_string(),
-                r.count_after.to_string(),
-                format!("{:+}", r.count_change),
-                fmt_pct(r.count_change_pct),
-                secs(r.time_before_ns),
-                secs(r.time_after_ns),
-                secs_signed(r.time_change_ns),
-                fmt_pct(r.time_change_pct),
+                r.change.count_before.to_string(),
+                r.change.count_after.to_string(),
+                format!("{:+}", r.change.count_change),
+                fmt_pct(r.change.count_change_pct),
+                secs(r.change.time_before_ns),
+                secs(r.change.time_after_ns),
+                secs_signed(r.change.time_change_ns),
+                fmt_pct(r.change.time_change_pct),
                 r.reason.clone(),
                 port,
                 last,

@@ -60,7 +60,7 @@ fn by_rip_exact_changes_sorted_by_absolute_change() {
     let got: Vec<(Option<&str>, u64, u64, i64, Option<f64>, i64)> = d
         .rows
         .iter()
-        .map(|r| (r.rip.as_deref(), r.count_before, r.count_after, r.count_change, r.count_change_pct, r.time_change_ns))
+        .map(|r| (r.rip.as_deref(), r.change.count_before, r.change.count_after, r.change.count_change, r.change.count_change_pct, r.change.time_change_ns))
         .collect();
     assert_eq!(
         got,
@@ -74,7 +74,7 @@ fn by_rip_exact_changes_sorted_by_absolute_change() {
     assert_eq!(d.rows[0].port.as_deref(), Some("0x1f3"));
     assert_eq!(d.rows[0].direction, Some("out"));
     assert_eq!(d.rows[0].function.as_deref(), Some("ide_do_rw_disk"));
-    assert_eq!(d.rows[0].time_change_pct, Some(-100.0));
+    assert_eq!(d.rows[0].change.time_change_pct, Some(-100.0));
     let t = &d.totals;
     assert_eq!((t.count_before, t.count_after, t.count_change), (26, 10, -16));
     assert!((t.count_change_pct.unwrap() - (-16.0 / 26.0 * 100.0)).abs() < 1e-9);
@@ -85,11 +85,11 @@ fn by_rip_exact_changes_sorted_by_absolute_change() {
 fn by_function_merges_rips() {
     let d = diff::build(&before(), &after(), DiffBy::Function, &names);
     let got: Vec<(Option<&str>, u64, u64, i64)> =
-        d.rows.iter().map(|r| (r.function.as_deref(), r.count_before, r.count_after, r.count_change)).collect();
+        d.rows.iter().map(|r| (r.function.as_deref(), r.change.count_before, r.change.count_after, r.change.count_change)).collect();
     // ide_do_rw_disk: 12 + 4 -> 4 + 1; pm_read: 10 -> 5.
     assert_eq!(got, vec![(Some("ide_do_rw_disk"), 16, 5, -11), (Some("pm_read"), 10, 5, -5)]);
-    assert_eq!(d.rows[0].time_before_ns, 20_000);
-    assert_eq!(d.rows[0].time_after_ns, 11_000);
+    assert_eq!(d.rows[0].change.time_before_ns, 20_000);
+    assert_eq!(d.rows[0].change.time_after_ns, 11_000);
 }
 
 #[test]
