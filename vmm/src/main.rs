@@ -1,7 +1,7 @@
 //! `tinyvmm`: run the bundled guest (or another ELF) on KVM with the paper's devices.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use vmm::{Outcome, VmConfig, Workload};
 
@@ -28,39 +28,7 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum WorkloadArg {
-    /// Write COUNT sectors of a deterministic pattern from LBA 0, then FLUSH CACHE.
-    DiskWrite,
-    /// Read COUNT sectors from LBA 0 and checksum them.
-    DiskRead,
-    /// Halt with the timer on for SECONDS, counting ticks.
-    Timer,
-    /// COUNT `out`s to the null port 0x80 (the exit-cost benchmark).
-    PioLoop,
-    /// Misbehave on purpose (bad hypercall queues, unknown ports, bad LBAs); needs --disk.
-    Hostile,
-    /// Execute ud2 with no exception handlers.
-    TripleFault,
-    /// disk-write with the guest timer on during the I/O: IRQ0 unmasked, interrupts
-    /// enabled, at the programmed 1000 Hz (or what --pit-hz delivers); reports ticks and
-    /// sectors/s measured by the guest's PM timer. Needs --disk.
-    TimerDisk,
-}
 
-impl From<WorkloadArg> for Workload {
-    fn from(w: WorkloadArg) -> Self {
-        match w {
-            WorkloadArg::DiskWrite => Workload::DiskWrite,
-            WorkloadArg::DiskRead => Workload::DiskRead,
-            WorkloadArg::Timer => Workload::Timer,
-            WorkloadArg::PioLoop => Workload::PioLoop,
-            WorkloadArg::Hostile => Workload::Hostile,
-            WorkloadArg::TripleFault => Workload::TripleFault,
-            WorkloadArg::TimerDisk => Workload::TimerDisk,
-        }
-    }
-}
 
 #[derive(clap::Args)]
 struct RunArgs {
@@ -71,7 +39,7 @@ struct RunArgs {
     #[arg(long, value_name = "IMG")]
     disk: Option<PathBuf>,
     #[arg(long, value_enum)]
-    workload: WorkloadArg,
+    workload: Workload,
     /// Sectors for disk-write/disk-read/timer-disk, iterations for pio-loop.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     count: u64,
