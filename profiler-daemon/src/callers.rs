@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use crate::recording::Exit;
 use crate::report::{Report, Row};
+use crate::text_table;
 
 /// The function that made the call returning to `caller`.
 pub fn caller_function(caller: u64, resolve: &dyn Fn(u64) -> Option<String>) -> Option<String> {
@@ -49,10 +50,7 @@ pub fn table(rep: &Report, rows: &[Row]) -> String {
     let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
-            let port = match (&r.port, r.direction) {
-                (Some(p), Some(d)) => format!("{d} {p}"),
-                _ => "-".into(),
-            };
+            let port = text_table::port(&r.port, r.direction);
             [
                 r.rip.clone().unwrap_or_default(),
                 r.function.clone().unwrap_or_else(unknown),
@@ -66,29 +64,9 @@ pub fn table(rep: &Report, rows: &[Row]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for c in &cells {
-        for (w, v) in widths.iter_mut().zip(c.iter()) {
-            *w = (*w).max(v.len());
-        }
-    }
-    let mut line = |vals: &[&str]| {
-        let mut l = String::new();
-        for (i, v) in vals.iter().enumerate() {
-            if (4..=6).contains(&i) {
-                let _ = write!(l, "{v:>w$}  ", w = widths[i]);
-            } else {
-                let _ = write!(l, "{v:<w$}  ", w = widths[i]);
-            }
-        }
-        let _ = writeln!(s, "{}", l.trim_end());
-    };
-    line(&header);
-    for c in &cells {
-        line(&c.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    if rows.len() < rep.rows.len() {
-        let _ = writeln!(s, "({} more rows; use --top to see more)", rep.rows.len() - rows.len());
+    s.push_str(&text_table::render(&header, &cells, 4..=6));
+    if let Some(more) = text_table::more_rows(rows.len(), rep.rows.len()) {
+        let _ = writeln!(s, "{more}");
     }
     for n in &rep.notes {
         let _ = writeln!(s, "note: {n}");

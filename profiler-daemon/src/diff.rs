@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::recording::Recording;
 use crate::report::{self, GroupBy};
+use crate::text_table;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffBy {
@@ -208,10 +209,7 @@ impl Diff {
         let mut cells: Vec<Vec<String>> = Vec::new();
         for r in rows {
             let name = r.function.clone().unwrap_or_else(|| "[unknown]".into());
-            let port = match (&r.port, r.direction) {
-                (Some(p), Some(d)) => format!("{d} {p}"),
-                _ => "-".into(),
-            };
+            let port = text_table::port(&r.port, r.direction);
             let first = if self.by == DiffBy::Rip { r.rip.clone().unwrap_or_default() } else { name.clone() };
             let last = if self.by == DiffBy::Rip { name } else { r.rip.clone().unwrap_or_else(|| "-".into()) };
             cells.push(vec![
@@ -229,29 +227,9 @@ impl Diff {
                 last,
             ]);
         }
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for c in &cells {
-            for (w, v) in widths.iter_mut().zip(c) {
-                *w = (*w).max(v.len());
-            }
-        }
-        let mut line = |vals: Vec<&str>| {
-            let mut l = String::new();
-            for (i, v) in vals.iter().enumerate() {
-                if (1..=8).contains(&i) {
-                    let _ = write!(l, "{v:>w$}  ", w = widths[i]);
-                } else {
-                    let _ = write!(l, "{v:<w$}  ", w = widths[i]);
-                }
-            }
-            let _ = writeln!(s, "{}", l.trim_end());
-        };
-        line(header.to_vec());
-        for c in &cells {
-            line(c.iter().map(String::as_str).collect());
-        }
-        if rows.len() < self.rows.len() {
-            let _ = writeln!(s, "({} more rows; use --top to see more)", self.rows.len() - rows.len());
+        s.push_str(&text_table::render(&header, &cells, 1..=8));
+        if let Some(more) = text_table::more_rows(rows.len(), self.rows.len()) {
+            let _ = writeln!(s, "{more}");
         }
         s
     }

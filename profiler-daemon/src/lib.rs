@@ -16,5 +16,6 @@ pub mod record;
 pub mod recording;
 pub mod report;
 pub mod symbolize_cmd;
+pub mod text_table;
 pub mod tracefs;
 pub mod tracer;

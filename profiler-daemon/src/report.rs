@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::reasons;
+use crate::text_table;
 use crate::recording::{Exit, Recording};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -313,10 +314,7 @@ impl Report {
                 GroupBy::Reason => r.reason.clone(),
                 _ => r.rip.clone().unwrap_or_default(),
             };
-            let port = match (&r.port, r.direction) {
-                (Some(p), Some(d)) => format!("{d} {p}"),
-                _ => "-".into(),
-            };
+            let port = text_table::port(&r.port, r.direction);
             let function = match (&r.function, self.by) {
                 (Some(f), _) => f.clone(),
                 (None, GroupBy::Rip | GroupBy::Function) => "[unknown]".into(),
@@ -335,30 +333,10 @@ impl Report {
                 function,
             ]);
         }
-        let mut widths = header.map(str::len);
-        for c in &cells {
-            for (w, v) in widths.iter_mut().zip(c.iter()) {
-                *w = (*w).max(v.len());
-            }
-        }
-        let line = |s: &mut String, vals: [&str; 10]| {
-            let mut l = String::new();
-            for (i, v) in vals.iter().enumerate() {
-                // Numbers right-aligned, text left-aligned, as in the paper's tables.
-                if (1..=6).contains(&i) {
-                    let _ = write!(l, "{v:>w$}  ", w = widths[i]);
-                } else {
-                    let _ = write!(l, "{v:<w$}  ", w = widths[i]);
-                }
-            }
-            let _ = writeln!(s, "{}", l.trim_end());
-        };
-        line(&mut s, header);
-        for c in &cells {
-            line(&mut s, [&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8], &c[9]]);
-        }
-        if rows.len() < self.rows.len() {
-            let _ = writeln!(s, "({} more rows; use --top to see more)", self.rows.len() - rows.len());
+        // Numbers right-aligned, text left-aligned, as in the paper's tables.
+        s.push_str(&text_table::render(&header, &cells, 1..=6));
+        if let Some(more) = text_table::more_rows(rows.len(), self.rows.len()) {
+            let _ = writeln!(s, "{more}");
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
