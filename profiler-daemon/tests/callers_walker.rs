@@ -1,5 +1,7 @@
 //! Caller attribution without a guest: the page-table walk and frame reader on synthetic guest
 //! memory, memory-map parsing, the kernel-BTF offsets, and `--by caller` on recordings.
+mod common;
+
 use std::collections::HashMap;
 
 use profiler_common::guest::{self, GuestMemMap, MemRegion, Paging};
@@ -166,15 +168,7 @@ fn recording_with_callers(rows: &[(u64, Option<u64>, u64)]) -> Recording {
             v
         })
         .collect();
-    let v = serde_json::json!({
-        "format": "kvmprof-recording", "version": 1,
-        "meta": { "source": "emulated", "origin": "live", "tool_version": "0", "kernel": "k", "host": "h",
-                  "start_unix_ns": 0, "end_unix_ns": 1, "pid": 1, "command": null, "command_status": 0,
-                  "records_requested": false, "records_dropped": 0, "exit_keys_full": 0, "threads_full": 0,
-                  "unfinished_exits": 0 },
-        "threads": {}, "exits": exits, "records": null,
-    });
-    Recording::from_bytes(v.to_string().as_bytes(), "synthetic").expect("valid recording")
+    common::synthetic_recording(exits, serde_json::json!({}), 1)
 }
 
 #[test]

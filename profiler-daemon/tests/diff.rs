@@ -1,4 +1,6 @@
 //! `kvmprof diff`: two synthetic recordings with known changes, through the library and the CLI.
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -18,16 +20,7 @@ fn row(rip: u64, dir: &str, port: u64, n: u64, ns_each: u64) -> serde_json::Valu
 }
 
 fn recording(rows: Vec<serde_json::Value>) -> Recording {
-    let v = serde_json::json!({
-        "format": "kvmprof-recording", "version": 1,
-        "meta": { "source": "emulated", "origin": "live", "tool_version": "0", "kernel": "k", "host": "h",
-                  "start_unix_ns": 0, "end_unix_ns": 1, "pid": 100, "command": null, "command_status": 0,
-                  "records_requested": false, "records_dropped": 0, "exit_keys_full": 0, "threads_full": 0,
-                  "unfinished_exits": 0 },
-        "threads": { "101": { "tgid": 100, "comm": "vcpu0", "vcpu": 0 } },
-        "exits": rows, "records": null,
-    });
-    Recording::from_bytes(v.to_string().as_bytes(), "synthetic").expect("valid recording")
+    common::synthetic_recording(rows, serde_json::json!({ "101": { "tgid": 100, "comm": "vcpu0", "vcpu": 0 } }), 100)
 }
 
 fn before() -> Recording {

@@ -73,3 +73,17 @@ pub fn target_bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} not built: run `cargo build --release --workspace` first", p.display());
     p
 }
+
+/// A recording made from JSON exit rows in the documented file format, loaded (and so
+/// validated) the way `kvmprof` loads a file.
+pub fn synthetic_recording(exits: Vec<serde_json::Value>, threads: serde_json::Value, pid: u32) -> profiler_daemon::recording::Recording {
+    let v = serde_json::json!({
+        "format": "kvmprof-recording", "version": 1,
+        "meta": { "source": "emulated", "origin": "live", "tool_version": "0", "kernel": "k", "host": "h",
+                  "start_unix_ns": 0, "end_unix_ns": 1, "pid": pid, "command": null, "command_status": 0,
+                  "records_requested": false, "records_dropped": 0, "exit_keys_full": 0, "threads_full": 0,
+                  "unfinished_exits": 0 },
+        "threads": threads, "exits": exits, "records": null,
+    });
+    profiler_daemon::recording::Recording::from_bytes(v.to_string().as_bytes(), "synthetic").expect("valid recording")
+}
