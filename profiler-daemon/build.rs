@@ -5,6 +5,11 @@
 //! `/var/cache/kvmprof`), keyed by a hash of the eBPF and shared sources, the nightly rustc and
 //! bpf-linker versions: a fresh clone on a machine that built the same sources before does not
 //! rebuild it. `scripts/setup.sh` installs nightly, rust-src and bpf-linker.
+//!
+//! `KVMPROF_SKIP_EBPF=1` (as in aya's template) skips all of that and embeds an empty object,
+//! so `cargo check`/`clippy`/`doc` and the pure unit tests build where nightly or bpf-linker
+//! are missing. `KVMPROF_EBPF_BUILT` (1 or 0) tells the daemon which it got, so that a
+//! skipped build refuses to record instead of failing on an empty object.
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -12,6 +17,7 @@ use std::process::Command;
 use std::{env, fs};
 
 const HELP: &str = "run scripts/setup.sh first (it installs nightly, rust-src and bpf-linker)";
+const SKIP_HINT: &str = "or set KVMPROF_SKIP_EBPF=1 to build user space without the eBPF programs (check, clippy, unit tests)";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -20,6 +26,18 @@ fn main() {
     let common_dir = root.join("profiler-common");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let cache = env::var_os("KVMPROF_CACHE").map(PathBuf::from).unwrap_or_else(|| "/var/cache/kvmprof".into());
+    let dest = out_dir.join("profiler-ebpf.o");
+
+    println!("cargo:rerun-if-env-changed=KVMPROF_SKIP_EBPF");
+    if env::var_os("KVMPROF_SKIP_EBPF").is_some_and(|v| v == "1") {
+        // Only the variable is watched now: unsetting it reruns this script; eBPF source
+        // changes do not matter until then.
+        fs::write(&dest, []).unwrap_or_else(|e| fail(&format!("write {}: {e}", dest.display())));
+        println!("cargo:rustc-env=KVMPROF_EBPF_BUILT=0");
+        println!("cargo:rustc-env=KVMPROF_EBPF_KEY=skipped");
+        println!("cargo:warning=KVMPROF_SKIP_EBPF=1: built without the eBPF programs; this kvmprof cannot record");
+        return;
+    }
 
     let mut inputs = Vec::new();
     for dir in [&ebpf_dir, &common_dir] {
@@ -31,9 +49,9 @@ fn main() {
 
     let path_env = path_with(&cache.join("bin"));
     let nightly = tool_version(Command::new("rustc").args(["+nightly", "--version"]).env("PATH", &path_env))
-        .unwrap_or_else(|| fail(&format!("nightly rustc not found; {HELP}")));
+        .unwrap_or_else(|| fail(&format!("nightly rustc not found; {HELP}, {SKIP_HINT}")));
     let linker = tool_version(Command::new("bpf-linker").arg("--version").env("PATH", &path_env))
-        .unwrap_or_else(|| fail(&format!("bpf-linker not found in PATH or {}/bin; {HELP}", cache.display())));
+        .unwrap_or_else(|| fail(&format!("bpf-linker not found in PATH or {}/bin; {HELP}, {SKIP_HINT}", cache.display())));
 
     let mut h = DefaultHasher::new();
     nightly.hash(&mut h);
@@ -75,9 +93,9 @@ fn main() {
         fs::copy(&built, &tmp).unwrap_or_else(|e| fail(&format!("copy {}: {e}", built.display())));
         fs::rename(&tmp, &cached).unwrap();
     }
-    let dest = out_dir.join("profiler-ebpf.o");
     fs::copy(&cached, &dest).unwrap_or_else(|e| fail(&format!("copy {}: {e}", cached.display())));
     println!("cargo:rustc-env=KVMPROF_EBPF_KEY={key}");
+    println!("cargo:rustc-env=KVMPROF_EBPF_BUILT=1");
 }
 
 fn collect_sources(dir: &Path, out: &mut Vec<PathBuf>) {

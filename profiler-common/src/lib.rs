@@ -6,10 +6,6 @@
 //! kernel runs live: that is how the `hw` path is tested on machines without VMX/SVM.
 #![no_std]
 
-/// Number of log2 buckets in the per-exit time histogram. Bucket `i` counts exits that took
-/// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns); the last bucket takes everything longer.
-pub const HIST_BUCKETS: usize = 32;
-
 /// `vcpu` value when the tracepoints do not name the vCPU (the emulated source).
 pub const NO_VCPU: u32 = u32::MAX;
 
@@ -18,9 +14,13 @@ pub const NO_VCPU: u32 = u32::MAX;
 pub const UNKNOWN_CALLER: u64 = 0;
 
 pub mod guest;
+mod hex;
+mod hist;
 mod loader;
 mod state;
 
+pub use hex::parse_hex;
+pub use hist::*;
 pub use loader::*;
 pub use state::{PendingExit, Thread, ThreadState};
 
@@ -101,7 +101,8 @@ pub struct ExitKey {
     pub _pad: [u8; 6],
 }
 
-/// Count, total time and log2 time histogram of the exits with one key.
+/// Count, total time and time histogram (layout: [`hist_bucket`]) of the exits with one key.
+/// About 2 KiB: never build one on the BPF stack (512 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitStats {
@@ -120,8 +121,15 @@ impl ExitStats {
     pub fn add(&mut self, ns: u64) {
         self.count += 1;
         self.total_ns += ns;
-        let b = log2_bucket(ns);
-        // The explicit bound check keeps the eBPF verifier convinced the index is in range.
+        let b = hist_bucket(ns);
+        // The eBPF verifier cannot bound hist_bucket's result (leading_zeros becomes a
+        // bit-twiddling sequence on BPF), so it needs the explicit bound check below. LLVM,
+        // which can bound it, would drop that check as redundant; reading the index through a
+        // volatile load hides its value from LLVM, so the check stays. (Measured: without the
+        // volatile the programs fail to load, "math between map_value pointer and register
+        // with unbounded min value".)
+        // SAFETY: reads a live, initialized, aligned local.
+        let b = unsafe { core::ptr::read_volatile(&b) };
         if b < HIST_BUCKETS {
             self.hist[b] += 1;
         }
@@ -138,19 +146,6 @@ impl ExitStats {
     }
 }
 
-/// Histogram bucket for a duration: floor(log2(ns)), capped at the last bucket.
-pub fn log2_bucket(ns: u64) -> usize {
-    if ns < 2 {
-        return 0;
-    }
-    let b = (63 - ns.leading_zeros()) as usize;
-    if b >= HIST_BUCKETS {
-        HIST_BUCKETS - 1
-    } else {
-        b
-    }
-}
-
 /// One finished exit as streamed through the ring buffer (`record --records`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,12 +156,27 @@ pub struct ExitRecord {
     pub duration_ns: u64,
 }
 
+// These layouts are shared with the kernel (map keys and values, ring-buffer records) and, via
+// the daemon, with recording files: a change must be deliberate, not a side effect.
+const _: () = assert!(core::mem::size_of::<ExitKey>() == 48);
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 112);
+const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all are repr(C), made only of integers, with explicit padding.
+    // Pod promises that any bytes are a valid value and that the value has no uninitialized
+    // (padding) bytes: each type below is repr(C), made only of integers and arrays of them,
+    // with its padding spelled out as `_pad` fields.
+
+    // SAFETY: repr(C) integers; `_pad` covers the gap after `count`.
     unsafe impl aya::Pod for super::guest::GuestMemMap {}
+    // SAFETY: repr(C) integers; `_pad` fills the tail to the 8-byte alignment.
     unsafe impl aya::Pod for super::ExitKey {}
+    // SAFETY: repr(C), u64s only.
     unsafe impl aya::Pod for super::ExitStats {}
+    // SAFETY: repr(C) integers and Pod structs; `_pad` fields fill every gap.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: repr(C), an ExitKey (Pod, size a multiple of 8) and u64s.
     unsafe impl aya::Pod for super::ExitRecord {}
 }

@@ -7,13 +7,15 @@ pub mod maps {
     /// the switch makes the recorded window start after the last attach and end before the
     /// first detach, so no exit is seen by only some of the programs.
     pub const CONTROL: &str = "CONTROL";
-    /// `PerCpuHashMap<ExitKey, ExitStats>`: the in-kernel aggregation.
+    /// `PerCpuHashMap<ExitKey, ExitStats>`: the in-kernel aggregation. Created with
+    /// `BPF_F_NO_PREALLOC`: an ExitStats is ~2 KiB, and preallocating EXITS_MAX_ENTRIES of them
+    /// per CPU would pin 256 MiB per CPU however few keys a recording uses.
     pub const EXITS: &str = "EXITS";
     pub const EXITS_MAX_ENTRIES: u32 = 65536;
     /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine.
     pub const THREADS: &str = "THREADS";
     pub const THREADS_MAX_ENTRIES: u32 = 16384;
-    /// `RingBuf` of [`super::ExitRecord`], written only when records are requested.
+    /// `RingBuf` of [`crate::ExitRecord`], written only when records are requested.
     pub const RECORDS: &str = "RECORDS";
     pub const RECORDS_BYTES: u32 = 16 << 20;
     /// `PerCpuArray<u64>` of loss counters, indexed by [`super::counter`].
@@ -28,7 +30,8 @@ pub mod maps {
 pub mod counter {
     /// Records that did not fit in the ring buffer (they are still aggregated).
     pub const RECORDS_DROPPED: u32 = 0;
-    /// Exits not aggregated because `EXITS` was full.
+    /// Exits not aggregated because `EXITS` was full (or, as it is not preallocated, the
+    /// kernel could not allocate a new entry).
     pub const EXIT_KEYS_FULL: u32 = 1;
     /// Events ignored because `THREADS` was full.
     pub const THREADS_FULL: u32 = 2;

@@ -1,21 +1,13 @@
 //! kvmprof: which guest functions cause your VM exits, and what do those exits cost?
 //!
-//! The `kvmprof` binary is a thin CLI over these modules.
-pub mod aggregate;
-pub mod btf;
-pub mod callers;
+//! The path of an exit, stage by stage (see the README's Layout):
+//! `live` (eBPF programs, the Session) → `model` (typed exits, profiles, recordings) →
+//! `analysis` (reports, diffs, callers, percentiles) → `render` (text, JSON, SVG).
+//! `import` turns recorded tracepoint text into the model; `demo` runs the paper's experiments;
+//! the command line (clap) is in the binary's `cli` module, not here.
+pub mod analysis;
 pub mod demo;
-pub mod diff;
-pub mod exit_loop;
-pub mod flame;
-pub mod guest_memory;
 pub mod import;
-pub mod plot;
-pub mod reasons;
-pub mod record;
-pub mod recording;
-pub mod report;
-pub mod symbolize_cmd;
-pub mod text_table;
-pub mod tracefs;
-pub mod tracer;
+pub mod live;
+pub mod model;
+pub mod render;

@@ -5,6 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use profiler_daemon::model::{recording, ThreadInfo};
 use symbolizer::Symbolizer;
 
 /// `<target>/release/tinyvmm`, next to the test executable's `deps/` directory.
@@ -71,6 +72,7 @@ fn ide_register_writes_are_attributed_to_the_caller_of_ide_do_rw_disk() {
         let trap = r["function"].as_str().unwrap_or("[unknown]");
         let count = r["count"].as_u64().unwrap();
         if out && trap.ends_with("::ide_do_rw_disk") && matches!(port, Some(0x1f1..=0x1f7)) {
+            assert_eq!(r["reason"], io_reason(), "{r:#}");
             assert!(
                 r["caller_function"].as_str().is_some_and(|f| f.ends_with("::disk_write_workload")),
                 "IDE register write at {} has caller {:?} ({:?}), not disk_write_workload",
@@ -85,6 +87,7 @@ fn ide_register_writes_are_attributed_to_the_caller_of_ide_do_rw_disk() {
         }
         if out && port == Some(0x1f0) {
             assert!(trap.ends_with("::ide_output_data"), "data write trapped in {trap}");
+            assert_eq!(r["reason"], io_reason(), "{r:#}");
             assert!(
                 r["caller_function"].as_str().is_some_and(|f| f.ends_with("::ide_do_rw_disk")),
                 "data write has caller {:?}, not ide_do_rw_disk",
@@ -95,8 +98,28 @@ fn ide_register_writes_are_attributed_to_the_caller_of_ide_do_rw_disk() {
     }
     assert_eq!(register_writes, 12 * N, "IDE register writes from ide_do_rw_disk with a known caller");
     assert_eq!(data_writes, 256 * N, "data-port writes (one exit per word of rep outsw)");
+    let total = report["total_exits"].as_u64().unwrap();
+    assert_eq!(rows.iter().map(|r| r["count"].as_u64().unwrap()).sum::<u64>(), total, "every exit is in a row");
     let notes = report["notes"].as_array().unwrap();
-    assert!(notes[0].as_str().unwrap().starts_with("0 of "), "every exit of tinyvmm has a caller: {notes:?}");
+    assert_eq!(notes[0], format!("0 of {total} exits (0.00%) have an unknown caller ([unknown])"), "every exit of tinyvmm has a caller: {notes:?}");
+    let pct_sum: f64 = rows.iter().map(|r| r["percent"].as_f64().unwrap()).sum();
+    assert!((pct_sum - 100.0).abs() <= 1e-9, "the rows' time shares add up to {pct_sum}");
+
+    // One vCPU thread, `vcpu0`: vCPU 0 from the tracepoint on a source that names it (hw),
+    // else from the thread's name.
+    let profile = recording::load(&rec).unwrap();
+    let by_vcpu = report_json(&rec, &["--by", "vcpu"]);
+    assert_eq!(common::rows(&by_vcpu).len(), 1, "{by_vcpu:#}");
+    let row = &common::rows(&by_vcpu)[0];
+    let tid = row["tid"].as_u64().unwrap() as u32;
+    let thread = &profile.threads[&tid];
+    assert_eq!(thread.comm, "vcpu0");
+    let want = if source_names_vcpu() { Some(0) } else { ThreadInfo::from_comm(thread.tgid, thread.comm.as_bytes()).vcpu };
+    assert_eq!(want, Some(0), "tinyvmm's vCPU thread is vCPU 0 on every source");
+    assert_eq!(row["vcpu"].as_u64().map(|v| v as u32), want, "{row:#}");
+    assert_eq!((row["count"].as_u64(), row["percent"].as_f64()), (Some(total), Some(100.0)), "{row:#}");
+    let tracepoint_vcpu = if source_names_vcpu() { Some(0) } else { None };
+    assert!(profile.exits.iter().all(|e| e.tid == tid && e.vcpu == tracepoint_vcpu), "exits of the vCPU thread, vcpu field {tracepoint_vcpu:?}");
 
     // The table prints Table 3's columns.
     let o = run(KVMPROF, &["report", path_str(&rec), "--by", "caller", "--vmlinux", path_str(&elf)]);
@@ -111,14 +134,21 @@ fn without_a_memory_map_callers_are_unknown_and_counted() {
     // exact count at one RIP is unchanged.
     let dir = tmpdir();
     let out = dir.path().join("loop.kvmprof");
-    let o = run(KVMPROF, &["record", "-o", path_str(&out), "--", EXIT_LOOP, "--outs", "300"]);
+    let o = run(KVMPROF, &["record", "-o", path_str(&out), "--", &exit_loop(), "--outs", "300"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = report_json(&out, &["--by", "caller"]);
     let rows = report["rows"].as_array().unwrap();
     assert!(rows.iter().all(|r| r["caller_rip"].is_null() && r["caller_function"].is_null()), "{rows:?}");
-    let outs: u64 = rows.iter().filter(|r| r["direction"] == "out").map(|r| r["count"].as_u64().unwrap()).max().unwrap();
-    assert_eq!(outs, 300);
+    // kvm-exit-loop --outs 300 (0 ins): 300 outs at one RIP, then one hlt.
+    let guest = kvm_exit_loop::ExitLoopGuest::new(300, 0, 0x80, 0x71);
+    let out_row = row_at(&report, "rip", &format!("{:#x}", guest.out_rip));
+    assert_eq!(out_row["count"], 300);
+    assert_eq!((out_row["reason"].as_str(), out_row["direction"].as_str(), out_row["port"].as_str()), (Some(io_reason()), Some("out"), Some("0x80")));
+    let hlt_row = row_at(&report, "rip", &format!("{:#x}", guest.hlt_rip));
+    assert_eq!((hlt_row["count"].as_u64(), hlt_row["reason"].as_str()), (Some(1), Some(hlt_reason())));
+    assert_eq!(rows.len(), 2, "{rows:#?}");
     let total = report["total_exits"].as_u64().unwrap();
+    assert_eq!(total, 301);
     let note = report["notes"][0].as_str().unwrap();
     assert!(note.starts_with(&format!("{total} of {total} exits (100.00%) have an unknown caller")), "{note}");
 }
@@ -163,7 +193,7 @@ fn a_garbage_guest_memory_map_is_one_clear_error() {
     assert!(err.lines().any(|l| l.starts_with("kvmprof: error:") && l.contains("not readable")), "{err}");
 
     // --pid: the map is checked before recording starts; one line, nothing recorded.
-    let mut vm = std::process::Command::new(EXIT_LOOP).args(["--outs", "100000000"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut vm = std::process::Command::new(exit_loop()).args(["--outs", "100000000"]).stdout(std::process::Stdio::null()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "[1, 2, 3]").unwrap();

@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use profiler_daemon::exit_loop::ExitLoopGuest;
-use profiler_daemon::recording::Recording;
-use profiler_daemon::tracer::Source;
+use kvm_exit_loop::ExitLoopGuest;
+use profiler_daemon::live::detect_source;
+use profiler_daemon::model::{recording, Access, Direction, ThreadInfo};
 
 const OUTS: u32 = 3001;
 const INS: u32 = 1207;
@@ -19,10 +19,40 @@ fn record_exit_loop(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
     let (outs, ins) = (OUTS.to_string(), INS.to_string());
     let mut args = vec!["record", "-o", path_str(&out)];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", EXIT_LOOP, "--outs", &outs, "--ins", &ins, "--out-port", "0x80", "--in-port", "0x71"]);
+    let exit_loop = exit_loop();
+    args.extend_from_slice(&["--", &exit_loop, "--outs", &outs, "--ins", &ins, "--out-port", "0x80", "--in-port", "0x71"]);
     let o = run(KVMPROF, &args);
     assert!(o.status.success(), "record failed: {}", stderr(&o));
     out
+}
+
+/// `percent` of every row is its share of all exit time: `100 * time_ns / total_time_ns`, and
+/// the rows of a report that shows every exit add up to 100.
+fn assert_percents_are_time_shares(v: &serde_json::Value) {
+    let total = v["total_time_ns"].as_u64().unwrap();
+    assert!(total > 0, "exits take time: {v:#}");
+    assert_eq!(rows(v).iter().map(|r| r["time_ns"].as_u64().unwrap()).sum::<u64>(), total, "rows add up to the total time: {v:#}");
+    let mut sum = 0.0;
+    for r in rows(v) {
+        let (pct, t) = (r["percent"].as_f64().unwrap(), r["time_ns"].as_u64().unwrap());
+        let want = 100.0 * t as f64 / total as f64;
+        assert!((pct - want).abs() <= 1e-9, "percent {pct} is not 100 * {t} / {total} = {want}: {r:#}");
+        sum += pct;
+    }
+    assert!((sum - 100.0).abs() <= 1e-9, "percents add up to {sum}, not 100: {v:#}");
+}
+
+/// What `report --by vcpu` must say for the guest's vCPU: the tracepoint's vCPU index on a
+/// source that names it (hw: `kvm_exit`'s vcpu_id; kvm-exit-loop has one vCPU, index 0), else
+/// the index read from the thread's name, which for kvm-exit-loop (a single-threaded VMM: its
+/// vCPU runs on the main thread, named after the program) is none.
+fn expected_vcpu(profile: &profiler_daemon::model::Profile, tid: u32) -> Option<u32> {
+    if source_names_vcpu() {
+        Some(0)
+    } else {
+        let t = &profile.threads[&tid];
+        ThreadInfo::from_comm(t.tgid, t.comm.as_bytes()).vcpu
+    }
 }
 
 #[test]
@@ -32,31 +62,34 @@ fn exact_exit_counts_per_rip_with_reason_port_and_time() {
     let rec = record_exit_loop(dir.path(), &[]);
     let guest = ExitLoopGuest::new(OUTS, INS, 0x80, 0x71);
     let v = report_json(&rec, &["--by", "rip"]);
-    assert_eq!(v["source"], Source::detect().name());
+    assert_eq!(v["source"], detect_source().name());
 
     let out = row_at(&v, "rip", &format!("{:#x}", guest.out_rip));
     assert_eq!(out["count"], OUTS as u64);
-    assert_eq!(out["reason"], "IO");
+    assert_eq!(out["reason"], io_reason());
     assert_eq!(out["port"], "0x80");
     assert_eq!(out["direction"], "out");
     assert!(out["time_ns"].as_u64().unwrap() > 0);
 
     let inn = row_at(&v, "rip", &format!("{:#x}", guest.in_rip));
     assert_eq!(inn["count"], INS as u64);
-    assert_eq!(inn["reason"], "IO");
+    assert_eq!(inn["reason"], io_reason());
     assert_eq!(inn["port"], "0x71");
     assert_eq!(inn["direction"], "in");
     assert!(inn["time_ns"].as_u64().unwrap() > 0);
 
     let hlt = row_at(&v, "rip", &format!("{:#x}", guest.hlt_rip));
     assert_eq!(hlt["count"], 1);
-    assert_eq!(hlt["reason"], "HLT");
+    assert_eq!(hlt["reason"], hlt_reason());
+    assert!(hlt["port"].is_null() && hlt["direction"].is_null(), "a HLT exit has no port: {hlt:#}");
     assert_eq!(rows(&v).len(), 3, "only the guest's three exiting instructions: {v:#}");
     assert_eq!(v["total_exits"], (OUTS + INS + 1) as u64);
     for r in rows(&v) {
         assert!(r["function"].is_null());
-        assert!(r["percent"].as_f64().unwrap() >= 0.0);
+        // mean = time / count, in whole ns.
+        assert_eq!(r["mean_ns"].as_u64().unwrap(), r["time_ns"].as_u64().unwrap() / r["count"].as_u64().unwrap(), "{r:#}");
     }
+    assert_percents_are_time_shares(&v);
 }
 
 #[test]
@@ -64,46 +97,89 @@ fn groupings_by_port_reason_and_vcpu_agree() {
     require_live();
     let dir = tmpdir();
     let rec = record_exit_loop(dir.path(), &[]);
+    let by_rip = report_json(&rec, &["--by", "rip"]);
+    let guest = ExitLoopGuest::new(OUTS, INS, 0x80, 0x71);
+    let time_at = |rip: u64| row_at(&by_rip, "rip", &format!("{rip:#x}"))["time_ns"].as_u64().unwrap();
+
     let by_port = report_json(&rec, &["--by", "port"]);
-    assert_eq!(row_at(&by_port, "port", "0x80")["count"], OUTS as u64);
-    assert_eq!(row_at(&by_port, "port", "0x71")["count"], INS as u64);
+    let (p80, p71) = (row_at(&by_port, "port", "0x80"), row_at(&by_port, "port", "0x71"));
+    assert_eq!((p80["count"].as_u64(), p80["direction"].as_str()), (Some(OUTS as u64), Some("out")));
+    assert_eq!((p71["count"].as_u64(), p71["direction"].as_str()), (Some(INS as u64), Some("in")));
+    // Each port has one RIP: the same exits, so the same time.
+    assert_eq!(p80["time_ns"].as_u64().unwrap(), time_at(guest.out_rip));
+    assert_eq!(p71["time_ns"].as_u64().unwrap(), time_at(guest.in_rip));
     assert_eq!(rows(&by_port).len(), 2);
+    assert!(rows(&by_port).iter().all(|r| r["reason"] == io_reason()), "{by_port:#}");
 
     let by_reason = report_json(&rec, &["--by", "reason"]);
-    assert_eq!(row_at(&by_reason, "reason", "IO")["count"], (OUTS + INS) as u64);
-    assert_eq!(row_at(&by_reason, "reason", "HLT")["count"], 1);
+    let io = row_at(&by_reason, "reason", io_reason());
+    assert_eq!(io["count"], (OUTS + INS) as u64);
+    assert_eq!(io["time_ns"].as_u64().unwrap(), time_at(guest.out_rip) + time_at(guest.in_rip));
+    let hlt = row_at(&by_reason, "reason", hlt_reason());
+    assert_eq!(hlt["count"], 1);
+    assert_eq!(hlt["time_ns"].as_u64().unwrap(), time_at(guest.hlt_rip));
+    assert_eq!(rows(&by_reason).len(), 2, "{by_reason:#}");
+    assert_percents_are_time_shares(&by_reason);
 
     let by_vcpu = report_json(&rec, &["--by", "vcpu"]);
     assert_eq!(rows(&by_vcpu).len(), 1, "one vCPU thread");
-    assert_eq!(rows(&by_vcpu)[0]["count"], (OUTS + INS + 1) as u64);
-    assert!(rows(&by_vcpu)[0]["tid"].as_u64().unwrap() > 0);
+    let row = &rows(&by_vcpu)[0];
+    assert_eq!(row["count"], (OUTS + INS + 1) as u64);
+    // One row holding every exit holds all exit time.
+    assert_eq!(row["time_ns"], by_vcpu["total_time_ns"]);
+    assert_eq!(row["percent"].as_f64(), Some(100.0), "{row:#}");
+    let tid = row["tid"].as_u64().unwrap() as u32;
+    assert!(tid > 0);
+    let profile = recording::load(&rec).unwrap();
+    assert!(profile.exits.iter().all(|e| e.tid == tid), "every exit is the vCPU thread's");
+    let want = expected_vcpu(&profile, tid);
+    assert_eq!(row["vcpu"].as_u64().map(|v| v as u32), want, "vcpu on the {} source: {row:#}", detect_source().name());
+    for e in &profile.exits {
+        // The exit itself carries the index only when the tracepoint names it.
+        assert_eq!(e.vcpu, if source_names_vcpu() { Some(0) } else { None }, "{e:?}");
+        assert_eq!(profile.vcpu_of(e), want, "{e:?}");
+    }
 
     let csv = stdout(&run(KVMPROF, &["report", path_str(&rec), "--format", "csv", "--by", "port"]));
     let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with("source,rip,function,reason,port"));
-    assert!(lines.iter().any(|l| l.contains(",0x80,out,") && l.contains(&format!(",{OUTS},"))), "{csv}");
+    assert_eq!(lines[0], "source,rip,function,reason,port,direction,vcpu,tid,count,time_ns,percent,mean_ns,p50_ns,p99_ns");
+    assert_eq!(lines.len(), 3, "header and two ports: {csv}");
+    let p80_line = lines.iter().find(|l| l.contains(",0x80,out,")).unwrap_or_else(|| panic!("no 0x80 row: {csv}"));
+    let cells: Vec<&str> = p80_line.split(',').collect();
+    assert_eq!(cells[0], detect_source().name(), "{p80_line}");
+    assert_eq!(cells[3], io_reason(), "{p80_line}");
+    assert_eq!(cells[8], OUTS.to_string(), "{p80_line}");
+    assert_eq!(cells[9], p80["time_ns"].as_u64().unwrap().to_string(), "{p80_line}");
 
     let table = stdout(&run(KVMPROF, &["report", path_str(&rec)]));
-    assert!(table.starts_with("source: "), "{table}");
-    assert!(table.contains("out 0x80") && table.contains(&OUTS.to_string()), "{table}");
+    assert!(table.starts_with(&format!("source: {}", detect_source().name())), "{table}");
+    let out_line = table.lines().find(|l| l.starts_with(&format!("{:#x} ", guest.out_rip))).unwrap_or_else(|| panic!("no out row: {table}"));
+    assert!(out_line.contains("out 0x80") && out_line.split_whitespace().nth(1) == Some(OUTS.to_string().as_str()), "{out_line}");
+    assert!(table.contains("p50/p99: from a log-linear histogram (8 buckets per power of two: within 6.25%)"), "{table}");
 }
 
 #[test]
 fn streamed_records_match_the_aggregates() {
     require_live();
     let dir = tmpdir();
-    let rec = Recording::load(&record_exit_loop(dir.path(), &["--records"])).unwrap();
+    let rec = recording::load(&record_exit_loop(dir.path(), &["--records"])).unwrap();
     assert!(rec.meta.records_requested);
     assert_eq!(rec.meta.records_dropped, 0);
     let records = rec.records.as_ref().expect("records");
-    let total: u64 = rec.exits.iter().map(|e| e.count).sum();
-    assert_eq!(records.len() as u64, total);
-    for (i, row) in rec.exits.iter().enumerate() {
-        let mine: Vec<_> = records.iter().filter(|r| r[2] == i as u64).collect();
-        assert_eq!(mine.len() as u64, row.count, "records of exit {i}");
-        assert_eq!(mine.iter().map(|r| r[1]).sum::<u64>(), row.total_ns, "durations of exit {i}");
+    assert_eq!(records.len() as u64, rec.total_exits());
+    assert_eq!(rec.total_exits(), (OUTS + INS + 1) as u64);
+    for (i, e) in rec.exits.iter().enumerate() {
+        let mine: Vec<_> = records.iter().filter(|r| r.exit == i).collect();
+        assert_eq!(mine.len() as u64, e.stats.count, "records of exit {i}");
+        assert_eq!(mine.iter().map(|r| r.duration_ns).sum::<u64>(), e.stats.total_ns, "durations of exit {i}");
+        // Each record's duration is in the histogram bucket the kernel counted it in.
+        let mut hist = [0u64; profiler_common::HIST_BUCKETS];
+        for r in &mine {
+            hist[profiler_common::hist_bucket(r.duration_ns)] += 1;
+        }
+        assert_eq!(hist, e.stats.hist, "histogram of exit {i}");
     }
-    let starts: Vec<u64> = records.iter().map(|r| r[0]).collect();
+    let starts: Vec<u64> = records.iter().map(|r| r.start_ns).collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "records are in time order");
 }
 
@@ -112,10 +188,10 @@ fn follows_a_running_vm_by_pid() {
     require_live();
     let dir = tmpdir();
     // A guest that keeps exiting long enough to be followed.
-    let mut child = Command::new(EXIT_LOOP).args(["--outs", "100000000"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(exit_loop()).args(["--outs", "100000000"]).stdout(Stdio::null()).spawn().unwrap();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while profiler_daemon::record::check_vm_pid(pid).is_err() {
+    while profiler_daemon::live::targets::check_vm_pid(pid).is_err() {
         assert!(Instant::now() < deadline, "the guest never created its VM");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -124,13 +200,20 @@ fn follows_a_running_vm_by_pid() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let rec = Recording::load(&out).unwrap();
+    let rec = recording::load(&out).unwrap();
     assert_eq!(rec.meta.pid, Some(pid));
+    assert_eq!(rec.meta.source, detect_source());
     let guest = ExitLoopGuest::new(1, 0, 0x80, 0x71);
     assert_eq!(rec.exits.len(), 1, "only the out loop runs: {:?}", rec.exits);
-    assert_eq!(rec.exits[0].rip, format!("{:#x}", guest.out_rip));
-    assert_eq!(rec.exits[0].tgid, pid);
-    assert!(rec.exits[0].count > 1000, "a second of a tight out loop: {}", rec.exits[0].count);
+    let e = &rec.exits[0];
+    assert_eq!(e.rip, guest.out_rip);
+    assert_eq!(e.reason.name(), io_reason());
+    assert_eq!(e.access, Access::Port { dir: Direction::Out, port: 0x80 });
+    assert_eq!(e.tgid, pid);
+    assert_eq!(e.tid, pid, "kvm-exit-loop runs its vCPU on its main thread");
+    assert_eq!(rec.vcpu_of(e), expected_vcpu(&rec, e.tid));
+    assert!(e.stats.count > 1000, "a second of a tight out loop: {}", e.stats.count);
+    assert_eq!(e.stats.hist.iter().sum::<u64>(), e.stats.count, "every exit is in the histogram");
 }
 
 #[test]
@@ -141,6 +224,7 @@ fn hw_and_emulated_programs_pass_the_verifier_and_attach() {
     let s = stdout(&o);
     assert!(s.contains("hw: loaded and attached to kvm_exit, kvm_entry"), "{s}");
     assert!(s.contains("emulated: loaded and attached to kvm_emulate_insn"), "{s}");
+    assert!(s.lines().any(|l| l == format!("detected source on this host: {}", detect_source().name())), "{s}");
 }
 
 #[test]
@@ -162,8 +246,9 @@ fn not_root_is_refused() {
     require_live();
     let dir = tmpdir();
     let out = dir.path().join("x.kvmprof");
+    let exit_loop = exit_loop();
     let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", KVMPROF, "record", "-o", path_str(&out), "--", EXIT_LOOP])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", KVMPROF, "record", "-o", path_str(&out), "--", &exit_loop])
         .output()
         .unwrap();
     assert_one_line_error(&o, "needs root");
@@ -177,8 +262,9 @@ fn unmountable_tracefs_says_what_to_run() {
     // A private mount namespace where /sys/kernel/tracing is an empty tmpfs, and a root without
     // CAP_SYS_ADMIN, so mounting tracefs fails as it does in a locked-down container.
     let script = format!(
-        "mount -t tmpfs none /sys/kernel/tracing && exec setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {KVMPROF} record -o {} -- {EXIT_LOOP}",
-        path_str(&out)
+        "mount -t tmpfs none /sys/kernel/tracing && exec setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {KVMPROF} record -o {} -- {}",
+        path_str(&out),
+        exit_loop()
     );
     let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     assert_one_line_error(&o, "run: mount -t tracefs nodev /sys/kernel/tracing");

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use profiler_daemon::recording::Recording;
-use profiler_daemon::tracer::Source;
+use profiler_daemon::live::detect_source;
+use profiler_daemon::model::{recording, Access, Direction};
 
 const QEMU: &str = "qemu-system-x86_64";
 const OUTS: u32 = 3001;
@@ -207,22 +207,23 @@ fn qemu_guest_exits_are_counted_exactly_at_the_guest_rips() {
     // QEMU ends with isa-debug-exit's status; kvmprof still succeeds and saves the recording.
     assert!(o.status.success(), "record failed (is BPF available? see scripts/setup.sh): {}", stderr(&o));
     assert!(stderr(&o).contains(&format!("note: the command exited with status {QEMU_STATUS}")), "{}", stderr(&o));
-    let loaded = Recording::load(&rec).expect("the recording is saved");
+    let loaded = recording::load(&rec).expect("the recording is saved");
     assert_eq!(loaded.meta.command_status, Some(QEMU_STATUS), "the guest reached its isa-debug-exit write");
     assert!(took < Duration::from_secs(60), "a QEMU boot and {} exits took {took:?}", OUTS + INS);
 
     let v = report_json(&rec, &["--by", "rip"]);
-    assert_eq!(v["source"], Source::detect().name());
+    assert_eq!(v["source"], detect_source().name());
+    assert_eq!(loaded.meta.source, detect_source());
     let out = row_at(&v, "rip", &format!("{:#x}", guest.out_rip));
     assert_eq!(out["count"], OUTS as u64, "{out:#}");
-    assert_eq!(out["reason"], "IO");
+    assert_eq!(out["reason"], io_reason());
     assert_eq!(out["port"], format!("{OUT_PORT:#x}"));
     assert_eq!(out["direction"], "out");
     assert!(out["time_ns"].as_u64().unwrap() > 0, "{out:#}");
 
     let inn = row_at(&v, "rip", &format!("{:#x}", guest.in_rip));
     assert_eq!(inn["count"], INS as u64, "{inn:#}");
-    assert_eq!(inn["reason"], "IO");
+    assert_eq!(inn["reason"], io_reason());
     assert_eq!(inn["port"], format!("{IN_PORT:#x}"));
     assert_eq!(inn["direction"], "in");
     assert!(inn["time_ns"].as_u64().unwrap() > 0, "{inn:#}");
@@ -230,6 +231,7 @@ fn qemu_guest_exits_are_counted_exactly_at_the_guest_rips() {
     // The isa-debug-exit write: QEMU exits while handling it, so the exit never completes.
     let exit = row_at(&v, "rip", &format!("{:#x}", guest.exit_rip));
     assert_eq!(exit["count"], 1, "{exit:#}");
+    assert_eq!(exit["reason"], io_reason(), "{exit:#}");
     assert_eq!(exit["port"], format!("{DEBUG_EXIT_PORT:#x}"));
     assert_eq!(exit["direction"], "out");
 
@@ -244,24 +246,35 @@ fn qemu_guest_exits_are_counted_exactly_at_the_guest_rips() {
 
     // The guest's ports are its own: no firmware or QEMU traffic lands on them.
     let by_port = report_json(&rec, &["--by", "port"]);
-    assert_eq!(row_at(&by_port, "port", &format!("{OUT_PORT:#x}"))["count"], OUTS as u64);
-    assert_eq!(row_at(&by_port, "port", &format!("{IN_PORT:#x}"))["count"], INS as u64);
+    let (po, pi) = (row_at(&by_port, "port", &format!("{OUT_PORT:#x}")), row_at(&by_port, "port", &format!("{IN_PORT:#x}")));
+    assert_eq!((po["count"].as_u64(), po["direction"].as_str(), po["reason"].as_str()), (Some(OUTS as u64), Some("out"), Some(io_reason())), "{po:#}");
+    assert_eq!((pi["count"].as_u64(), pi["direction"].as_str(), pi["reason"].as_str()), (Some(INS as u64), Some("in"), Some(io_reason())), "{pi:#}");
+    // One RIP per port: the same exits, so the same time as the RIP rows.
+    assert_eq!(po["time_ns"], out["time_ns"]);
+    assert_eq!(pi["time_ns"], inn["time_ns"]);
 
     // Every exit comes from QEMU's one vCPU thread, `CPU 0/KVM`, mapped to vCPU 0.
     let by_vcpu = report_json(&rec, &["--by", "vcpu"]);
     assert_eq!(rows(&by_vcpu).len(), 1, "one vCPU thread: {by_vcpu:#}");
     let vcpu = &rows(&by_vcpu)[0];
+    // vCPU 0 on every source: from `kvm_exit`'s vcpu_id on hw, else from the thread's name.
     assert_eq!(vcpu["vcpu"], 0, "{vcpu:#}");
+    // The one row holds every exit, so all exit time.
+    assert_eq!(vcpu["count"], v["total_exits"], "{vcpu:#}");
+    assert_eq!(vcpu["percent"].as_f64(), Some(100.0), "{vcpu:#}");
     let tid = vcpu["tid"].as_u64().unwrap() as u32;
     let thread = &loaded.threads[&tid];
     assert_eq!(thread.comm, "CPU 0/KVM");
     assert_eq!(thread.vcpu, Some(0));
     assert_eq!(Some(thread.tgid), loaded.meta.pid, "the vCPU thread is QEMU's");
     assert_ne!(tid, thread.tgid, "the vCPU is a thread of its own, not QEMU's main thread");
-    for r in [guest.out_rip, guest.in_rip] {
-        let e = loaded.exits.iter().find(|e| e.rip == format!("{r:#x}")).unwrap();
-        // The emulated tracepoints carry no vCPU index: it comes from the thread's name.
-        assert_eq!((e.tid, e.vcpu), (tid, None));
+    // The emulated tracepoints carry no vCPU index (it comes from the thread's name);
+    // `kvm_exit` on hw names vCPU 0.
+    let tracepoint_vcpu = if source_names_vcpu() { Some(0) } else { None };
+    for r in [guest.out_rip, guest.in_rip, guest.exit_rip] {
+        let e = loaded.exits.iter().find(|e| e.rip == r).unwrap();
+        assert_eq!((e.tid, e.vcpu), (tid, tracepoint_vcpu));
+        assert_eq!(loaded.vcpu_of(e), Some(0));
     }
 }
 
@@ -283,7 +296,7 @@ fn follows_a_running_qemu_by_pid() {
     }
     let mut child = KillOnDrop(child);
     let pid = child.0.id();
-    let out_rip = format!("{:#x}", guest.out_rip);
+    let out_rip = guest.out_rip;
 
     // Record in short slices until the guest has booted into its loop, then for 2 s.
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -291,9 +304,9 @@ fn follows_a_running_qemu_by_pid() {
     let record = |secs: &str| {
         let o = run(KVMPROF, &["record", "-o", path_str(&rec_path), "--pid", &pid.to_string(), "--duration", secs]);
         assert!(o.status.success(), "record --pid failed: {}", stderr(&o));
-        Recording::load(&rec_path).unwrap()
+        recording::load(&rec_path).unwrap()
     };
-    while profiler_daemon::record::check_vm_pid(pid).is_err() || !record("1").exits.iter().any(|e| e.rip == out_rip) {
+    while profiler_daemon::live::targets::check_vm_pid(pid).is_err() || !record("1").exits.iter().any(|e| e.rip == out_rip) {
         assert!(child.0.try_wait().unwrap().is_none(), "QEMU ended early");
         assert!(Instant::now() < deadline, "the guest never reached its out loop");
         std::thread::sleep(Duration::from_millis(100));
@@ -304,14 +317,18 @@ fn follows_a_running_qemu_by_pid() {
 
     assert_eq!(rec.meta.pid, Some(pid));
     assert_eq!(rec.meta.command, None);
-    let io: Vec<_> = rec.exits.iter().filter(|e| e.reason_name == "IO").collect();
+    assert_eq!(rec.meta.source, detect_source());
+    let io: Vec<_> = rec.exits.iter().filter(|e| e.reason.name() == io_reason()).collect();
     assert_eq!(io.len(), 1, "in its loop the guest only writes its port: {:#?}", rec.exits);
     let e = io[0];
-    assert_eq!((e.rip.as_str(), e.detail_kind.as_str(), e.detail.as_str()), (out_rip.as_str(), "port_out", format!("{OUT_PORT:#x}").as_str()));
+    assert_eq!((e.rip, e.access), (out_rip, Access::Port { dir: Direction::Out, port: OUT_PORT }));
     assert_eq!(e.tgid, pid);
     let thread = &rec.threads[&e.tid];
     assert_eq!((thread.comm.as_str(), thread.vcpu), ("CPU 0/KVM", Some(0)), "the exits come from QEMU's vCPU thread");
+    assert_eq!(e.vcpu, if source_names_vcpu() { Some(0) } else { None }, "the vCPU index the tracepoint gives");
+    assert_eq!(rec.vcpu_of(e), Some(0));
     assert_ne!(e.tid, pid);
-    assert!(e.count > 10_000, "2 s of a tight out loop: {}", e.count);
-    assert!(e.total_ns > 0);
+    assert!(e.stats.count > 10_000, "2 s of a tight out loop: {}", e.stats.count);
+    assert!(e.stats.total_ns > 0);
+    assert_eq!(e.stats.hist.iter().sum::<u64>(), e.stats.count, "every exit is in the histogram");
 }

@@ -24,6 +24,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user,
@@ -31,6 +32,7 @@ use aya_ebpf::{
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
+    Global,
 };
 use profiler_common::{
     counter, detail, kvm_exit,
@@ -39,85 +41,96 @@ use profiler_common::{
     REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
-// Read-only globals, set by the loader (`EbpfLoader::set_global`); the values here are only
-// placeholders. Being constants at load time, the verifier prunes the branches they switch off.
+// Read-only globals, set by the loader (`EbpfLoader::override_global`, names from
+// profiler_common::{globals, FIELD_GLOBALS, VCPU_GLOBALS, EMULATOR_GLOBALS, VCPU_CS_BASE});
+// the values here are only placeholders. aya's `Global` reads them with a volatile load, so
+// the compiler cannot fold the placeholder in; being constants at load time, the verifier
+// prunes the branches they switch off. `#[no_mangle]` keeps the symbol names the loader uses.
 #[no_mangle]
-static TARGET_TGID: u32 = 0;
+static TARGET_TGID: Global<u32> = Global::new(0);
 #[no_mangle]
-static STREAM_RECORDS: u8 = 0;
+static STREAM_RECORDS: Global<u8> = Global::new(0);
 #[no_mangle]
-static HW_SOURCE: u8 = 0;
+static HW_SOURCE: Global<u8> = Global::new(0);
 // Tracepoint field offsets from the running kernel's format files (classic kvm_exit only).
 #[no_mangle]
-static EXIT_REASON: u32 = 0;
+static EXIT_REASON: Global<u32> = Global::new(0);
 #[no_mangle]
-static EXIT_GUEST_RIP: u32 = 0;
+static EXIT_GUEST_RIP: Global<u32> = Global::new(0);
 #[no_mangle]
-static EXIT_ISA: u32 = 0;
+static EXIT_ISA: Global<u32> = Global::new(0);
 #[no_mangle]
-static EXIT_VCPU_ID: u32 = 0;
+static EXIT_VCPU_ID: Global<u32> = Global::new(0);
 // `struct kvm_vcpu` offsets from the running kernel's BTF (profiler_common::VCPU_GLOBALS).
 #[no_mangle]
-static VCPU_RSP: u32 = 0;
+static VCPU_RSP: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_RBP: u32 = 0;
+static VCPU_RBP: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_REGS_AVAIL: u32 = 0;
+static VCPU_REGS_AVAIL: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_CR0: u32 = 0;
+static VCPU_CR0: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_CR3: u32 = 0;
+static VCPU_CR3: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_CR4: u32 = 0;
+static VCPU_CR4: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_EFER: u32 = 0;
+static VCPU_EFER: Global<u32> = Global::new(0);
 #[no_mangle]
-static VCPU_EMULATE_CTXT: u32 = 0;
+static VCPU_EMULATE_CTXT: Global<u32> = Global::new(0);
 // `struct x86_emulate_ctxt` offsets from BTF (profiler_common::EMULATOR_GLOBALS).
 #[no_mangle]
-static CTXT_EIP: u32 = 0;
+static CTXT_EIP: Global<u32> = Global::new(0);
 #[no_mangle]
-static CTXT_MODE: u32 = 0;
+static CTXT_MODE: Global<u32> = Global::new(0);
 #[no_mangle]
-static CTXT_FETCH_PTR: u32 = 0;
+static CTXT_FETCH_PTR: Global<u32> = Global::new(0);
 #[no_mangle]
-static CTXT_FETCH_DATA: u32 = 0;
+static CTXT_FETCH_DATA: Global<u32> = Global::new(0);
 /// profiler_common::VCPU_CS_BASE: PVM's cached CS base in the vcpu, or NO_CS_BASE.
 #[no_mangle]
-static VCPU_CS_BASE: u32 = 0;
+static VCPU_CS_BASE: Global<u32> = Global::new(0);
 
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+/// Not preallocated: an ExitStats is ~2 KiB, so preallocating every entry would pin
+/// EXITS_MAX_ENTRIES x 2 KiB x nCPU (256 MiB per CPU); memory now follows the keys used.
 #[map]
 static EXITS: PerCpuHashMap<ExitKey, ExitStats> =
-    PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
+    PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(maps::THREADS_MAX_ENTRIES, 0);
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(maps::RECORDS_BYTES, 0);
-/// One scratch `ExitStats` per CPU: too big (272 bytes) for the 512-byte BPF stack.
+/// An all-zero `ExitStats`, the initial value of a new EXITS entry: at ~2 KiB it cannot be
+/// built on the 512-byte BPF stack, and copying it from here needs no zeroing code at all.
+/// BPF_F_RDONLY_PROG makes the verifier reject any program store into it, so it stays zero.
 #[map]
-static SCRATCH: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(1, 0);
+static ZERO_STATS: Array<ExitStats> = Array::with_max_entries(1, BPF_F_RDONLY_PROG);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static GUEST_MEMORY: HashMap<u32, GuestMemMap> =
     HashMap::with_max_entries(maps::GUEST_MEMORY_MAX_ENTRIES, 0);
 
-#[inline(always)]
-fn global<T: Copy>(g: &'static T) -> T {
-    // Volatile, so the compiler keeps the load and the loader's value is used.
-    unsafe { core::ptr::read_volatile(g) }
-}
+// Why the `&mut` into map values below is sound (referred to as "one writer"): tracepoint
+// programs run with preemption disabled and the KVM tracepoints fire only in the task context
+// of a vCPU thread, so on one CPU they run one after another, never nested. A per-CPU slot
+// therefore has one writer at a time, and so does a THREADS entry, which only programs running
+// in that thread touch. Map value pointers stay valid for the whole program run (RCU), and
+// the daemon never deletes entries while recording (it reads them after detaching).
 
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: &'static u32) -> Option<T> {
-    unsafe { ctx.read_at::<T>(global(offset) as usize).ok() }
+fn field<T>(ctx: &TracePointContext, offset: &Global<u32>) -> Option<T> {
+    // SAFETY: a bpf_probe_read_kernel of the tracepoint record at an offset from this
+    // kernel's format file; a wrong offset makes the helper fail (None), it cannot fault.
+    unsafe { ctx.read_at::<T>(offset.load() as usize).ok() }
 }
 
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array: one writer.
         unsafe { *c += 1 };
     }
 }
@@ -130,7 +143,7 @@ fn traced_thread() -> Option<Thread> {
     }
     let id = bpf_get_current_pid_tgid();
     let t = Thread { tgid: (id >> 32) as u32, tid: id as u32 };
-    let target = global(&TARGET_TGID);
+    let target = TARGET_TGID.load();
     if target != 0 && t.tgid != target {
         return None;
     }
@@ -141,6 +154,8 @@ fn traced_thread() -> Option<Thread> {
 #[inline(always)]
 fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
     if let Some(s) = THREADS.get_ptr_mut(t.tid) {
+        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
+        // ('static is wider than true; callers keep it only for the current program run.)
         return Some(unsafe { &mut *s });
     }
     let fresh = ThreadState { comm: bpf_get_current_comm().unwrap_or([0; 16]), tgid: t.tgid, ..ThreadState::default() };
@@ -148,6 +163,7 @@ fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
         bump(counter::THREADS_FULL);
         return None;
     }
+    // SAFETY: as above, the entry just inserted for this thread.
     THREADS.get_ptr_mut(t.tid).map(|s| unsafe { &mut *s })
 }
 
@@ -155,24 +171,26 @@ fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
 #[inline(always)]
 fn charge(rec: Option<ExitRecord>) {
     let Some(rec) = rec else { return };
-    match EXITS.get_ptr_mut(rec.key) {
-        Some(stats) => unsafe { (*stats).add(rec.duration_ns) },
+    let stats = match EXITS.get_ptr_mut(rec.key) {
+        Some(stats) => Some(stats),
         None => {
-            let Some(stats) = SCRATCH.get_ptr_mut(0) else { return };
-            let stats = unsafe { &mut *stats };
-            *stats = ExitStats::default();
-            stats.add(rec.duration_ns);
-            // BPF_NOEXIST: another CPU may have inserted the key meanwhile; its per-CPU slot
-            // is separate, so retry the lookup rather than overwrite.
-            if EXITS.insert(rec.key, &*stats, 1).is_err() {
-                match EXITS.get_ptr_mut(rec.key) {
-                    Some(s) => unsafe { (*s).add(rec.duration_ns) },
-                    None => bump(counter::EXIT_KEYS_FULL),
-                }
+            // A new key: insert zeros copied map to map (no 2 KiB value on the stack), then
+            // add to this CPU's slot as for a known key. BPF_NOEXIST: if another CPU inserted
+            // the key meanwhile, keep its entry (the insert fails, the lookup finds it). The
+            // kernel zero-fills the other CPUs' slots of a new per-CPU entry.
+            if let Some(zero) = ZERO_STATS.get(0) {
+                let _ = EXITS.insert(rec.key, zero, BPF_NOEXIST as u64);
             }
+            EXITS.get_ptr_mut(rec.key)
         }
+    };
+    match stats {
+        // SAFETY: a non-null pointer to this CPU's slot of an EXITS entry: one writer.
+        Some(stats) => unsafe { (*stats).add(rec.duration_ns) },
+        // Full (EXITS_MAX_ENTRIES) or, not preallocated, no memory for a new entry.
+        None => bump(counter::EXIT_KEYS_FULL),
     }
-    if global(&STREAM_RECORDS) != 0 {
+    if STREAM_RECORDS.load() != 0 {
         match RECORDS.reserve::<ExitRecord>(0) {
             Some(mut slot) => {
                 slot.write(rec);
@@ -184,12 +202,15 @@ fn charge(rec: Option<ExitRecord>) {
 }
 
 fn now() -> u64 {
+    // SAFETY: the helper takes no arguments and has no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
-fn vcpu_field(vcpu: u64, offset: &'static u32) -> Option<u64> {
-    unsafe { bpf_probe_read_kernel((vcpu + global(offset) as u64) as *const u64).ok() }
+fn vcpu_field(vcpu: u64, offset: &Global<u32>) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel copies into the returned value and reports a bad address
+    // as an error instead of faulting, so any vcpu/offset is sound (a wrong one gives None).
+    unsafe { bpf_probe_read_kernel((vcpu + offset.load() as u64) as *const u64).ok() }
 }
 
 /// Return address in the guest caller of the function that is exiting now, or
@@ -201,7 +222,11 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     // First, so the pointer is cached even for a VMM without a memory map: the daemon
     // detaches the per-instruction program once every thread has one (Tracer::tick).
     let vcpu = thread_vcpu(s, t);
-    let Some(mem) = (unsafe { GUEST_MEMORY.get(&t.tgid) }) else { return UNKNOWN_CALLER };
+    // SAFETY: `get` is unsafe because a preallocated hash entry replaced concurrently (the
+    // daemon updating this VMM's map) may be reused and read torn. The value is plain integers
+    // and only ever yields addresses for bpf_probe_read_user, which cannot fault: a torn map
+    // at worst gives a wrong caller for this one exit.
+    let Some(mem) = (unsafe { GUEST_MEMORY.get(t.tgid) }) else { return UNKNOWN_CALLER };
     if vcpu == 0 {
         return UNKNOWN_CALLER;
     }
@@ -227,6 +252,8 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     let paging = Paging { cr0, cr3, cr4, efer };
     let read = |gpa: u64| -> Option<u64> {
         let hva = mem.host_addr(gpa, 8)?;
+        // SAFETY: a probe read of the VMM's memory (the current mm); a bad or unmapped
+        // address makes the helper fail, it cannot fault.
         unsafe { bpf_probe_read_user(hva as *const u64).ok() }
     };
     guest::return_address(&paging, rbp, read).unwrap_or(UNKNOWN_CALLER)
@@ -258,11 +285,12 @@ static VCPU_SLOT: PerCpuArray<VcpuSlot> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 fn note_vcpu(vcpu: u64) {
     let id = bpf_get_current_pid_tgid();
-    let target = global(&TARGET_TGID);
+    let target = TARGET_TGID.load();
     if target != 0 && (id >> 32) as u32 != target {
         return;
     }
     if let Some(slot) = VCPU_SLOT.get_ptr_mut(0) {
+        // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array: one writer.
         unsafe { *slot = VcpuSlot { tid: id as u32, _pad: 0, vcpu } };
     }
 }
@@ -273,6 +301,8 @@ fn note_vcpu(vcpu: u64) {
 #[inline(always)]
 fn thread_vcpu(s: &mut ThreadState, t: &Thread) -> u64 {
     if let Some(slot) = VCPU_SLOT.get_ptr(0) {
+        // SAFETY: a non-null pointer to this CPU's slot (plain integers); nothing else on
+        // this CPU writes it while this program runs.
         let slot = unsafe { *slot };
         if slot.tid == t.tid && slot.vcpu != 0 {
             s.vcpu_ptr = slot.vcpu;
@@ -320,16 +350,20 @@ fn insn_rip(vcpu: u64) -> u64 {
     if ctxt == 0 {
         return 0;
     }
-    let read = |off: &'static u32| unsafe { bpf_probe_read_kernel((ctxt + global(off) as u64) as *const u64).ok() };
+    let read = |off: &Global<u32>| {
+        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+        unsafe { bpf_probe_read_kernel((ctxt + off.load() as u64) as *const u64).ok() }
+    };
     let (Some(eip), Some(ptr)) = (read(&CTXT_EIP), read(&CTXT_FETCH_PTR)) else { return 0 };
-    let data = ctxt + global(&CTXT_FETCH_DATA) as u64;
+    let data = ctxt + CTXT_FETCH_DATA.load() as u64;
     let len = ptr.wrapping_sub(data);
     if len > 15 {
         // Not a decoded instruction (x86 instructions are at most 15 bytes).
         return 0;
     }
-    let mode = unsafe { bpf_probe_read_kernel((ctxt + global(&CTXT_MODE) as u64) as *const u32).unwrap_or(0) };
-    let cs = global(&VCPU_CS_BASE);
+    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+    let mode = unsafe { bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0) };
+    let cs = VCPU_CS_BASE.load();
     let csbase = if mode == X86EMUL_MODE_PROT64 || cs == NO_CS_BASE {
         0
     } else {
@@ -367,7 +401,7 @@ pub fn kvm_mmio(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 fn access(t: Thread, kind: u8, addr: u64) {
     let Some(s) = thread_state(&t) else { return };
-    if global(&HW_SOURCE) != 0 {
+    if HW_SOURCE.load() != 0 {
         s.on_hw_detail(kind, addr);
     } else {
         let rip = insn_rip(thread_vcpu(s, &t));
@@ -397,6 +431,7 @@ pub fn kvm_fpu(ctx: RawTracePointContext) -> u32 {
     }
     let Some(t) = traced_thread() else { return 0 };
     if let Some(s) = THREADS.get_ptr_mut(t.tid) {
+        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
         unsafe { (*s).on_run_entry(now()) };
     }
     0
@@ -422,6 +457,7 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     if let Some(s) = THREADS.get_ptr_mut(t.tid) {
+        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
         charge(unsafe { (*s).on_hw_entry(now()) });
     }
     0

@@ -35,11 +35,15 @@
 //! Split DWARF (`.dwo`) is not followed and missing DWARF is not an error: those answers
 //! come from the symbol table, and [`Symbolizer::warnings`] says so.
 //!
+//! [`GuestSymbols`] takes a vmlinux, a kallsyms file and a KASLR slide ([`KaslrSlide`])
+//! together, checks that they make sense together, and loads the [`Symbolizer`].
+//!
 //! Lookups go through a sorted symbol index and a per-address result cache.
 
 mod dwarf;
 mod elf;
 mod error;
+mod guest;
 mod index;
 mod kallsyms;
 
@@ -48,6 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use error::SymbolizeError;
+pub use guest::{GuestSymbols, KaslrSlide};
 use index::{AliasRule, Entry, SymbolIndex};
 
 /// One frame of an answer.
@@ -91,13 +96,11 @@ impl std::fmt::Debug for Symbolizer {
 
 impl Symbolizer {
     pub fn from_elf(path: &Path) -> Result<Symbolizer, SymbolizeError> {
-        let input = elf::load(path)?;
-        Ok(Symbolizer::new(
-            SymbolIndex::build(input.symbols, AliasRule::Binutils),
-            input.dwarf,
-            input.warnings,
-            path,
-        ))
+        Ok(Symbolizer::from_elf_input(elf::load(path)?, path))
+    }
+
+    fn from_elf_input(input: elf::ElfInput, path: &Path) -> Symbolizer {
+        Symbolizer::new(SymbolIndex::build(input.symbols, AliasRule::Binutils), input.dwarf, input.warnings, path)
     }
 
     pub fn from_kallsyms(path: &Path) -> Result<Symbolizer, SymbolizeError> {
@@ -231,27 +234,27 @@ impl Symbolizer {
 }
 
 /// Slide = kallsyms `_text` (or `_stext`) runtime address − the ELF's `_text` link address.
+///
+/// [`GuestSymbols::load`] does this (reading the ELF once) when given both files.
 pub fn kaslr_offset_from_kallsyms(elf_path: &Path, kallsyms_path: &Path) -> Result<i64, SymbolizeError> {
-    let text = read(kallsyms_path)?;
-    let runtime = kallsyms::text_address(&kallsyms::parse(&text, kallsyms_path)?)
-        .ok_or_else(|| SymbolizeError::NoTextSymbol { path: kallsyms_path.to_path_buf() })?;
-    let input = elf::load(elf_path)?;
-    let link = ["_text", "_stext"]
-        .iter()
-        .find_map(|want| input.symbols.iter().find(|s| s.name == *want).map(|s| s.addr))
-        .ok_or_else(|| SymbolizeError::NoTextSymbol { path: elf_path.to_path_buf() })?;
+    let runtime = kallsyms_text_address(kallsyms_path)?;
+    let link = elf_text_address(elf_path, &elf::load(elf_path)?.symbols)?;
     Ok(runtime.wrapping_sub(link) as i64)
 }
 
-/// Parses a KASLR slide as given on a command line: hex with or without `0x`, optionally negative.
-pub fn parse_kaslr_offset(s: &str) -> Option<i64> {
-    let (neg, digits) = match s.trim().strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.trim()),
-    };
-    let digits = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")).unwrap_or(digits);
-    let v = u64::from_str_radix(digits, 16).ok()?;
-    Some(if neg { (v as i64).wrapping_neg() } else { v as i64 })
+/// The runtime address of `_text` (or `_stext`) in a kallsyms file.
+fn kallsyms_text_address(kallsyms_path: &Path) -> Result<u64, SymbolizeError> {
+    let text = read(kallsyms_path)?;
+    kallsyms::text_address(&kallsyms::parse(&text, kallsyms_path)?)
+        .ok_or_else(|| SymbolizeError::NoTextSymbol { path: kallsyms_path.to_path_buf() })
+}
+
+/// The link address of `_text` (or `_stext`) among the symbols read from `elf_path`.
+fn elf_text_address(elf_path: &Path, elf_symbols: &[index::RawSymbol]) -> Result<u64, SymbolizeError> {
+    ["_text", "_stext"]
+        .iter()
+        .find_map(|want| elf_symbols.iter().find(|s| s.name == *want).map(|s| s.addr))
+        .ok_or_else(|| SymbolizeError::NoTextSymbol { path: elf_path.to_path_buf() })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SymbolizeError> {

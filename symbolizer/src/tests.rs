@@ -62,14 +62,6 @@ fn kaslr_slide_is_subtracted() {
 }
 
 #[test]
-fn parse_kaslr() {
-    assert_eq!(parse_kaslr_offset("0x1e000000"), Some(0x1e000000));
-    assert_eq!(parse_kaslr_offset("1E000000"), Some(0x1e000000));
-    assert_eq!(parse_kaslr_offset("-0x10"), Some(-16));
-    assert_eq!(parse_kaslr_offset("xyz"), None);
-}
-
-#[test]
 fn symbolizer_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Symbolizer>();

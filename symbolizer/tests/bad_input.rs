@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
+use common::symbol_address;
 use symbolizer::{SymbolizeError, Symbolizer};
 
 fn one_line(e: &SymbolizeError) -> String {
@@ -123,19 +123,10 @@ fn kaslr_offset_from_kallsyms_file() {
     let ks = dir.join("kallsyms");
     std::fs::write(&ks, "ffffffff9e000000 T _text\nffffffff9e000000 T _stext\n").unwrap();
     let e = symbolizer::kaslr_offset_from_kallsyms(&elf, &ks).unwrap_err();
-    assert!(matches!(e, SymbolizeError::NoTextSymbol { .. }) && one_line(&e).contains("--kaslr-offset"));
+    assert!(matches!(e, SymbolizeError::NoTextSymbol { .. }) && one_line(&e).contains("give the slide explicitly"));
     // A kernel-like ELF linked at 0xffffffff81000000 with `_text`: slide = runtime - link,
     // and lookups through the slide land on the same functions.
-    let src = dir.join("k.c");
-    std::fs::write(&src, "void _text(void) {}\nint kfunc(int x) { return x * 3; }\n").unwrap();
-    let kernel = dir.join("kernel");
-    common::run(
-        Command::new("gcc")
-            .args(["-O2", "-g", "-nostdlib", "-static", "-no-pie", "-Wl,-e,_text", "-Wl,-Ttext=0xffffffff81000000"])
-            .arg(&src)
-            .arg("-o")
-            .arg(&kernel),
-    );
+    let kernel = common::build_kernel_elf(&dir);
     let kfunc = symbol_address(&kernel, "kfunc");
     std::fs::write(&ks, "ffffffff9f000000 T _text\nffffffff9f000000 T _stext\n").unwrap();
     let slide = symbolizer::kaslr_offset_from_kallsyms(&kernel, &ks).unwrap();
@@ -148,18 +139,6 @@ fn kaslr_offset_from_kallsyms_file() {
     // Negative slide (kallsyms below the link address) round-trips too.
     std::fs::write(&ks, "ffffffff80000000 T _text\n").unwrap();
     assert_eq!(symbolizer::kaslr_offset_from_kallsyms(&kernel, &ks).unwrap(), -0x100_0000);
-}
-
-fn symbol_address(elf: &Path, name: &str) -> u64 {
-    let out = Command::new("nm").arg(elf).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 3 && f[2] == name).then(|| u64::from_str_radix(f[0], 16).unwrap())
-        })
-        .unwrap_or_else(|| panic!("{name} not in {}", elf.display()))
 }
 
 #[test]

@@ -64,7 +64,7 @@ fn tinyvmm_loop(n: u64) -> f64 {
     let r = vmm::run(&cfg).expect("tinyvmm run");
     assert!(r.success(), "{}", r.outcome);
     assert_eq!(r.stats.by_port[usize::from(abi::PORT_NULL)], n);
-    let pm = r.guest.as_ref().and_then(|g| g["pm_ticks"].as_f64()).expect("guest pm_ticks");
+    let pm = r.guest.as_ref().and_then(|g| g.pm_ticks).expect("guest pm_ticks") as f64;
     pm / 3_579_545.0 * 1e9 / n as f64
 }
 

@@ -75,7 +75,7 @@ struct RunArgs {
 }
 
 fn run(a: RunArgs) -> Result<i32> {
-    let mut cfg = VmConfig::new(a.workload.into());
+    let mut cfg = VmConfig::new(a.workload);
     if let Some(p) = &a.guest {
         cfg.guest_elf = std::fs::read(p).with_context(|| format!("cannot read guest {}", p.display()))?;
     }
@@ -92,8 +92,7 @@ fn run(a: RunArgs) -> Result<i32> {
     let report = vmm::run(&cfg)?;
     eprint!("{}", report.stats.render());
     if let Some(p) = &a.stats_json {
-        let text = serde_json::to_string_pretty(&report.json)?;
-        std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+        write_stats(p, &report.run_stats).with_context(|| format!("cannot write {}", p.display()))?;
     }
     match report.outcome {
         Outcome::GuestExit(0) => Ok(0),
@@ -102,6 +101,17 @@ fn run(a: RunArgs) -> Result<i32> {
             Ok(2)
         }
     }
+}
+
+/// The `--stats-json` file: the [`vmm::abi::stats::RunStats`] document, pretty-printed,
+/// with a final newline.
+fn write_stats(path: &std::path::Path, stats: &vmm::abi::stats::RunStats) -> Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer_pretty(&mut w, stats)?;
+    w.write_all(b"\n")?;
+    w.flush()?;
+    Ok(())
 }
 
 fn main() {

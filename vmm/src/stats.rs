@@ -1,6 +1,9 @@
-//! Exit statistics: by kind, by port, and for the batched hypercall.
+//! Exit statistics: by kind, by port, and for the batched hypercall. The vCPU loop counts
+//! into flat arrays (one index per exit); [`ExitStats::by_kind`] and
+//! [`ExitStats::port_counts`] turn them into the `--stats-json` types of
+//! [`crate::abi::stats`].
 
-use serde_json::{json, Map, Value};
+use crate::abi::stats::{ExitsByKind, HypercallErrors, PortCounts};
 
 pub struct ExitStats {
     pub total: u64,
@@ -43,28 +46,32 @@ impl Default for ExitStats {
     }
 }
 
-fn port_map(a: &[u64; 65536]) -> Value {
-    let mut m = Map::new();
-    for (p, &n) in a.iter().enumerate() {
-        if n > 0 {
-            m.insert(format!("{p:#x}"), json!(n));
+impl ExitStats {
+    /// The ports of a per-port array with at least one access (`by_port`,
+    /// `replayed_by_port`).
+    pub fn port_counts(a: &[u64; 65536]) -> PortCounts {
+        (0..=u16::MAX).zip(a.iter()).filter(|&(_, &n)| n > 0).map(|(p, &n)| (p, n)).collect()
+    }
+
+    pub fn by_kind(&self) -> ExitsByKind {
+        ExitsByKind {
+            io: self.io,
+            hlt: self.hlt,
+            mmio: self.mmio,
+            irq_window: self.irq_window,
+            shutdown: self.shutdown,
+            intr: self.intr,
+            other: self.other,
         }
     }
-    Value::Object(m)
-}
 
-impl ExitStats {
-    pub fn by_kind_json(&self) -> Value {
-        json!({
-            "io": self.io, "hlt": self.hlt, "mmio": self.mmio, "irq_window": self.irq_window,
-            "shutdown": self.shutdown, "intr": self.intr, "other": self.other,
-        })
-    }
-    pub fn by_port_json(&self) -> Value {
-        port_map(&self.by_port)
-    }
-    pub fn replayed_json(&self) -> Value {
-        port_map(&self.replayed_by_port)
+    /// Refused hypercalls by status code (index 0, "ok", is never counted).
+    pub fn hypercall_error_counts(&self) -> HypercallErrors {
+        HypercallErrors {
+            address: self.hypercall_errors[1],
+            count: self.hypercall_errors[2],
+            entry: self.hypercall_errors[3],
+        }
     }
 
     /// A plain-text summary for the terminal.

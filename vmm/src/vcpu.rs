@@ -1,6 +1,7 @@
 //! The vCPU loop: KVM_RUN, dispatch each exit, deliver IRQ0 through the PIC with
 //! `KVM_INTERRUPT` when the guest can take it (otherwise ask for an interrupt window).
 
+use crate::abi::stats::RunOutcome;
 use crate::abi::PORT_DOORBELL;
 use crate::bus::PortBus;
 use crate::hypercall;
@@ -24,13 +25,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn name(&self) -> &'static str {
+    /// The kind of outcome, as `--stats-json` writes it.
+    pub fn kind(&self) -> RunOutcome {
         match self {
-            Outcome::GuestExit(_) => "guest-exit",
-            Outcome::TripleFault { .. } => "triple-fault",
-            Outcome::HaltedForever { .. } => "halted-forever",
-            Outcome::KvmFailure(_) => "kvm-failure",
+            Outcome::GuestExit(_) => RunOutcome::GuestExit,
+            Outcome::TripleFault { .. } => RunOutcome::TripleFault,
+            Outcome::HaltedForever { .. } => RunOutcome::HaltedForever,
+            Outcome::KvmFailure(_) => RunOutcome::KvmFailure,
         }
+    }
+
+    /// `guest-exit`, `triple-fault`, `halted-forever` or `kvm-failure`.
+    pub fn name(&self) -> &'static str {
+        self.kind().as_str()
     }
 }
 

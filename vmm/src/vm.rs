@@ -1,14 +1,15 @@
 //! Building a VM from a [`VmConfig`] and running it to a [`RunReport`].
 
+use crate::abi::stats::{GuestReport, RunStats, TimerStats};
 use crate::abi::*;
 use crate::boot;
 use crate::bus::PortBus;
 use crate::devices::{debug::DebugPorts, ide::Ide, pic::Pic, pit::Pit, pmtimer::PmTimer, serial::Uart};
+use crate::stats::ExitStats;
 use crate::vcpu::{self, Outcome};
 use crate::{VmmError, Workload};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
-use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -53,10 +54,13 @@ impl VmConfig {
 /// What a run produced: how it ended, its statistics, and the guest's own report.
 pub struct RunReport {
     pub outcome: Outcome,
+    /// The exit counters as the vCPU loop kept them.
     pub stats: crate::stats::ExitStats,
-    pub guest: Option<Value>,
+    /// The guest's `@@result` report (also in `run_stats.guest`).
+    pub guest: Option<GuestReport>,
     pub run_ns: u128,
-    pub json: Value,
+    /// The `--stats-json` document.
+    pub run_stats: RunStats,
 }
 
 impl RunReport {
@@ -166,61 +170,77 @@ pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
     drop(vm);
 
     bus.serial.console().finish();
-    let guest = bus
-        .serial
-        .console()
-        .results
-        .last()
-        .map(|s| serde_json::from_str::<Value>(s).unwrap_or_else(|_| json!({ "unparsed": s })));
-    let json = report_json(cfg, &outcome, &stats, &bus, guest.clone(), run_ns, loaded.entry);
-    Ok(RunReport { outcome, stats, guest, run_ns, json })
+    let guest = bus.serial.console().results.last().map(|s| parse_guest_report(s));
+    let run_stats = run_stats(cfg, &outcome, &stats, &bus, guest.clone(), run_ns, loaded.entry);
+    Ok(RunReport { outcome, stats, guest, run_ns, run_stats })
 }
 
-fn report_json(
+/// The guest's `@@result` line (without the prefix) as a report; a line that is not a
+/// report of the bundled guest's shape is kept whole in `unparsed`.
+pub fn parse_guest_report(line: &str) -> GuestReport {
+    serde_json::from_str(line).unwrap_or_else(|_| GuestReport { unparsed: Some(line.to_string()), ..GuestReport::default() })
+}
+
+fn run_stats(
     cfg: &VmConfig,
     outcome: &Outcome,
     stats: &crate::stats::ExitStats,
     bus: &PortBus,
-    guest: Option<Value>,
+    guest: Option<GuestReport>,
     run_ns: u128,
     entry: u64,
-) -> Value {
-    let ide = bus.ide.as_ref().map(|d| serde_json::to_value(d.stats).unwrap_or(Value::Null));
-    json!({
-        "name": cfg.name,
-        "workload": cfg.workload.name(),
-        "count": cfg.count,
-        "seconds": cfg.seconds,
-        "batch_pio": cfg.batch_pio,
-        "pit_hz": cfg.pit_hz,
-        "pmtmr_calibration": !cfg.skip_pmtmr_calibration,
-        "outcome": outcome.name(),
-        "outcome_detail": outcome.to_string(),
-        "guest_exit_status": match outcome { Outcome::GuestExit(s) => Some(*s), _ => None },
-        "guest_entry": format!("{entry:#x}"),
-        "run_ns": run_ns as u64,
-        "exits_total": stats.total,
-        "by_kind": stats.by_kind_json(),
-        "by_port": stats.by_port_json(),
-        "hypercalls": stats.hypercalls,
-        "hypercall_entries": stats.hypercall_entries,
-        "hypercall_errors": {
-            "address": stats.hypercall_errors[1],
-            "count": stats.hypercall_errors[2],
-            "entry": stats.hypercall_errors[3],
+) -> RunStats {
+    RunStats {
+        name: cfg.name.clone(),
+        workload: cfg.workload.name().to_string(),
+        count: cfg.count,
+        seconds: cfg.seconds,
+        batch_pio: cfg.batch_pio,
+        pit_hz: cfg.pit_hz,
+        pmtmr_calibration: !cfg.skip_pmtmr_calibration,
+        outcome: outcome.kind(),
+        outcome_detail: outcome.to_string(),
+        guest_exit_status: match outcome {
+            Outcome::GuestExit(s) => Some(*s),
+            _ => None,
         },
-        "replayed_by_port": stats.replayed_json(),
-        "interrupts_injected": stats.interrupts_injected,
-        "timer": {
-            "programmed_hz": bus.pit.programmed_millihz() as f64 / 1000.0,
-            "delivered_hz": cfg.pit_hz,
-            "irq0_edges": bus.pit.irqs,
-            "irq0_missed_periods": bus.pit.irqs_missed,
-            "pic_coalesced": bus.pic.coalesced,
-            "eoi_writes": bus.pic.eois,
+        guest_entry: entry,
+        run_ns: u64::try_from(run_ns).unwrap_or(u64::MAX),
+        exits_total: stats.total,
+        by_kind: stats.by_kind(),
+        by_port: ExitStats::port_counts(&stats.by_port),
+        hypercalls: stats.hypercalls,
+        hypercall_entries: stats.hypercall_entries,
+        hypercall_errors: stats.hypercall_error_counts(),
+        replayed_by_port: ExitStats::port_counts(&stats.replayed_by_port),
+        interrupts_injected: stats.interrupts_injected,
+        timer: TimerStats {
+            programmed_hz: bus.pit.programmed_millihz() as f64 / 1000.0,
+            delivered_hz: cfg.pit_hz,
+            irq0_edges: bus.pit.irqs,
+            irq0_missed_periods: bus.pit.irqs_missed,
+            pic_coalesced: bus.pic.coalesced,
+            eoi_writes: bus.pic.eois,
         },
-        "unclaimed_port_accesses": bus.unclaimed,
-        "ide": ide,
-        "guest": guest,
-    })
+        unclaimed_port_accesses: bus.unclaimed,
+        ide: bus.ide.as_ref().map(|d| d.stats),
+        guest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_guest_report;
+
+    #[test]
+    fn guest_reports_parse_typed_or_are_kept_whole() {
+        let g = parse_guest_report(r#"{"workload":"pio-loop","status":"ok","count":10,"pm_ticks":99,"pmtmr_calibrated":false}"#);
+        assert_eq!((g.workload.as_deref(), g.count, g.pm_ticks, g.pmtmr_calibrated), (Some("pio-loop"), Some(10), Some(99), Some(false)));
+        assert_eq!(g.unparsed, None);
+        for line in [r#"{"status":"ok","my_own_field":1}"#, "not json {", r#"{"count":-1}"#] {
+            let g = parse_guest_report(line);
+            assert_eq!(g.unparsed.as_deref(), Some(line));
+            assert_eq!(g, super::GuestReport { unparsed: Some(line.into()), ..Default::default() });
+        }
+    }
 }

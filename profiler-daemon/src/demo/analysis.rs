@@ -1,22 +1,24 @@
-//! What the demo reads out of recordings: IDE register writes, timer exits, hot functions, callers.
+//! What the demo reads out of profiles: IDE register writes, timer exits, hot functions, callers.
 use super::*;
+use crate::model::{Direction, Exit};
 
-pub(super) fn port_of(row: &crate::recording::ExitRow) -> Option<u64> {
-    (row.detail_kind == "port_out" || row.detail_kind == "port_in").then(|| parse_hex(&row.detail)).flatten()
+fn is_ide_register_or_doorbell(port: u16) -> bool {
+    (IDE_REG_FIRST..=IDE_REG_LAST).contains(&port) || port == DOORBELL_PORT
 }
 
-/// The recording restricted to IDE register writes and batched-PIO doorbells.
-pub(super) fn ide_register_writes(rec: &Recording) -> Recording {
-    let mut r = rec.clone();
-    r.exits.retain(|e| {
-        e.detail_kind == "port_out" && port_of(e).is_some_and(|p| (IDE_REG_FIRST..=IDE_REG_LAST).contains(&p) || p == DOORBELL_PORT)
-    });
-    r.records = None;
-    r
+/// The profile restricted to IDE register writes and batched-PIO doorbells.
+pub(super) fn ide_register_writes(rec: &Profile) -> Profile {
+    rec.filtered(|e| matches!(e.access.port(), Some((Direction::Out, p)) if is_ide_register_or_doorbell(p)))
 }
 
-pub(super) fn count_exits(rec: &Recording) -> u64 {
-    rec.exits.iter().map(|e| e.count).sum()
+/// Cross-check: tinyvmm counts port exits per port, both directions together; so does this
+/// sum over the recording.
+pub(super) fn recorded_on_ide_ports(rec: &Profile) -> u64 {
+    rec.exits.iter().filter(|e: &&Exit| e.access.port().is_some_and(|(_, p)| is_ide_register_or_doorbell(p))).map(|e| e.stats.count).sum()
+}
+
+pub(super) fn tinyvmm_on_ide_ports(stats: &RunStats) -> u64 {
+    (IDE_REG_FIRST..=IDE_REG_LAST).chain([DOORBELL_PORT]).map(|p| stats.port_exits(p)).sum()
 }
 
 pub(super) fn is_timer_function(f: &str) -> bool {
@@ -33,27 +35,14 @@ pub(super) fn short_fn(f: &str) -> &str {
     }
 }
 
-#[derive(Serialize)]
-pub(super) struct HotFn {
-    pub(super) rip: Option<String>,
-    pub(super) function: Option<String>,
-    pub(super) reason: String,
-    pub(super) count: u64,
-    pub(super) time_ns: u64,
-    pub(super) percent: f64,
-    pub(super) mean_ns: u64,
-    p50_ns: u64,
-    p99_ns: u64,
-}
-
 pub(super) fn hot_functions(rep: &report::Report, n: usize) -> Vec<HotFn> {
     rep.rows
         .iter()
         .take(n)
         .map(|r| HotFn {
-            rip: r.rip.clone(),
+            rip: r.rip.map(render::hex),
             function: r.function.clone(),
-            reason: r.reason.clone(),
+            reason: r.reason.to_string(),
             count: r.count,
             time_ns: r.time_ns,
             percent: r.percent,
@@ -66,23 +55,24 @@ pub(super) fn hot_functions(rep: &report::Report, n: usize) -> Vec<HotFn> {
 
 /// Table 3: exits by (RIP, caller), from the same code as `kvmprof report --by caller`.
 /// Empty, with the reason, when the recording carries no caller attribution.
-pub(super) fn callers(rec: &Recording, resolve: &dyn Fn(u64) -> Option<String>) -> (Vec<Value>, Option<String>) {
+pub(super) fn callers(rec: &Profile, resolve: &dyn Fn(u64) -> Option<String>) -> (Vec<CallerRow>, Option<String>) {
     let rep = report::build(rec, GroupBy::Caller, resolve);
-    let rows: Vec<Value> = rep
+    let rows: Vec<CallerRow> = rep
         .rows
         .iter()
-        .filter(|r| r.caller_rip.is_some())
-        .map(|r| {
-            json!({
-                "rip": r.rip, "function": r.function, "caller_rip": r.caller_rip,
-                "caller_function": r.caller_function, "count": r.count, "time_ns": r.time_ns,
+        .filter_map(|r| {
+            let c = r.caller.as_ref()?;
+            Some(CallerRow {
+                rip: r.rip.map(render::hex),
+                function: r.function.clone(),
+                caller_rip: Some(render::hex(c.rip?)),
+                caller_function: c.function.clone(),
+                count: r.count,
+                time_ns: r.time_ns,
             })
         })
         .collect();
-    let note = if rows.is_empty() {
-        Some(format!("no caller attribution in this recording ({})", rep.notes.join("; ")))
-    } else {
-        rep.notes.first().cloned()
-    };
+    let notes: Vec<String> = rep.notes.iter().map(render::report::note_text).collect();
+    let note = if rows.is_empty() { Some(format!("no caller attribution in this recording ({})", notes.join("; "))) } else { notes.first().cloned() };
     (rows, note)
 }

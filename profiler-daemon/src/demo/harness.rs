@@ -58,14 +58,15 @@ impl Progress {
 
 /// One profiled tinyvmm run: its recording, its own statistics, and the CPU it used.
 pub(super) struct Run {
-    pub(super) rec: Recording,
-    pub(super) stats: Value,
+    pub(super) rec: Profile,
+    pub(super) stats: RunStats,
     pub(super) cpu_ns: u64,
 }
 
 pub(super) fn children_cpu_ns() -> u64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
+    // SAFETY: rusage is plain integers: all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass, which lives for the call.
     if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
         return 0;
     }
@@ -131,6 +132,7 @@ impl Ctx {
         let quiet = Redirect::to(&self.log)?;
         let recorded = record::run(&RecordOptions {
             output: rec_path.clone(),
+            guest_memory_map: None,
             pid: None,
             duration: Some(Duration::from_secs(120)),
             records: false,
@@ -139,10 +141,9 @@ impl Ctx {
             quiet: true,
         });
         drop(quiet);
-        recorded.with_context(|| format!("recording the {name} run"))?;
+        let rec = recorded.with_context(|| format!("recording the {name} run"))?;
         let cpu_ns = children_cpu_ns().saturating_sub(cpu0);
-        let rec = Recording::load(&rec_path)?;
-        let stats: Value = std::fs::read(&stats_path)
+        let stats: RunStats = std::fs::read(&stats_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .with_context(|| format!("tinyvmm wrote no statistics for the {name} run: see {}", self.log.display()))?;
@@ -151,7 +152,7 @@ impl Ctx {
             s => bail!(
                 "the {name} run of tinyvmm failed (exit status {}, outcome {}): see {}",
                 s.map_or("unknown".into(), |s| s.to_string()),
-                stats["outcome_detail"].as_str().unwrap_or("?"),
+                stats.outcome_detail,
                 self.log.display()
             ),
         }
@@ -178,10 +179,7 @@ pub(super) fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(path, data).with_context(|| format!("cannot write {}", path.display()))
 }
 
-pub(super) fn pct_change(before: f64, after: f64) -> f64 {
-    if before > 0.0 {
-        100.0 * (after - before) / before
-    } else {
-        0.0
-    }
+/// `100 × (after − before) / before`; `None` when there was nothing before.
+pub(super) fn pct_change(before: f64, after: f64) -> Option<f64> {
+    (before > 0.0).then(|| 100.0 * (after - before) / before)
 }

@@ -2,12 +2,12 @@
 //! comparisons measured on this host, beside the paper's own figures.
 //!
 //! Every number comes from a real eBPF recording ([`record::run`]) of a real tinyvmm run,
-//! cross-checked with tinyvmm's own `--stats-json` counts. The experiments:
+//! cross-checked with tinyvmm's own `--stats-json` counts ([`RunStats`]). The experiments:
 //!
 //! 1. Hot functions (Tables 1–3): `disk-write` of N sectors, default boot.
 //! 2. Table 4: the same workload with `--batch-pio`; IDE register-write exits (out to
 //!    0x1f1–0x1f7, plus the doorbell hypercall exits that replace them) per RIP, before and
-//!    after, with [`crate::diff`]; the two disk images are compared byte for byte.
+//!    after, with [`crate::analysis::diff`]; the two disk images are compared byte for byte.
 //! 3. Fig. 7: the `timer-disk` workload (disk-write with IRQ0 unmasked and interrupts on
 //!    during the I/O, the guest programming 1000 Hz) of [`FIG7_SECTORS_PER_SECOND`] ×
 //!    `--timer-seconds` sectors, delivered at 1000 Hz and with `--pit-hz 100`: the
@@ -18,22 +18,21 @@
 //!    the PM-timer calibration (`verify_pmtmr_rate`) on and off: exits and boot time. Boot
 //!    only, as in the paper's Fig. 8, because in a disk workload of useful size the
 //!    disk's data-port exits outnumber the calibration's.
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
-use serde_json::{json, Value};
+use tinyvmm_abi::stats::RunStats;
 
-use crate::diff::{self, DiffBy, DiffFormat};
-use crate::plot::{BarChart, Series, BLUE, GREEN, ORANGE};
-use crate::record::{self, RecordOptions};
-use crate::recording::{parse_hex, Recording};
-use crate::report::{self, Format, GroupBy};
-use crate::{flame, symbolize_cmd, tracer};
+use crate::analysis::diff::{self, DiffBy};
+use crate::analysis::report::{self, GroupBy};
+use crate::live::record::{self, RecordOptions};
+use crate::live::require_root;
+use crate::model::Profile;
+use crate::render::{self, report::Format};
 
 /// The paper's figures, for printing beside ours. Zhang et al., "Evaluating and Optimizing
 /// I/O Virtualization in KVM" (NPC 2010):
@@ -60,10 +59,10 @@ pub mod paper {
 pub const FIG7_SECTORS_PER_SECOND: u64 = 250;
 
 /// IDE task-file and command registers (write side): 0x1f1–0x1f7.
-pub const IDE_REG_FIRST: u64 = 0x1f1;
-pub const IDE_REG_LAST: u64 = 0x1f7;
+pub const IDE_REG_FIRST: u16 = 0x1f1;
+pub const IDE_REG_LAST: u16 = 0x1f7;
 /// tinyvmm's batched port-I/O doorbell (one exit per merged batch).
-pub const DOORBELL_PORT: u64 = 0x510;
+pub const DOORBELL_PORT: u16 = 0x510;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -83,31 +82,32 @@ impl Default for DemoOptions {
     }
 }
 
-/// What the demo measured; `json` is the documented machine-readable object.
-pub struct DemoResult {
-    pub json: Value,
-    pub text: String,
-}
-
 mod analysis;
 mod experiments;
 mod harness;
 mod plots;
-mod render;
+mod render_text;
+mod result;
 
 use analysis::*;
 pub use harness::find_tinyvmm;
 use harness::*;
-use render::render_text;
+pub use result::*;
 
-pub fn run(opts: &DemoOptions) -> Result<DemoResult> {
-    tracer::require_root("demo")?;
+/// What the demo measured: the documented JSON object and the text it prints.
+pub struct DemoOutput {
+    pub result: DemoResult,
+    pub text: String,
+}
+
+pub fn run(opts: &DemoOptions) -> Result<DemoOutput> {
+    require_root("demo")?;
     let tinyvmm = find_tinyvmm(opts.tinyvmm.as_deref())?;
     if !Path::new("/dev/kvm").exists() {
         bail!("/dev/kvm does not exist: the demo needs KVM (load kvm_intel, kvm_amd or kvm_pvm)");
     }
     if opts.sectors == 0 || opts.timer_seconds == 0 {
-        bail!("--sectors and --timer-seconds must be at least 1");
+        bail!("the sector count and the timer seconds must be at least 1");
     }
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create the work directory {}", opts.out.display()))?;
     let out = opts.out.canonicalize().with_context(|| format!("cannot resolve {}", opts.out.display()))?;
@@ -126,7 +126,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoResult> {
     if !st.success() {
         bail!("`{} guest-elf` failed ({st})", tinyvmm.display());
     }
-    let sym = symbolize_cmd::load_symbolizer(Some(&elf), None, None)?.context("no symbols")?;
+    let sym = symbolizer::Symbolizer::from_elf(&elf)?;
     let resolve = |rip: u64| sym.function_name(rip);
 
     let n = opts.sectors.to_string();
@@ -136,103 +136,74 @@ pub fn run(opts: &DemoOptions) -> Result<DemoResult> {
     let img_after = out.join("disk-batched.img");
     fresh_image(&img_before, opts.sectors)?;
     fresh_image(&img_after, opts.sectors)?;
-    let disk = ctx.profile("disk-write", &["--workload".into(), "disk-write".into(), "--count".into(), n.clone(), "--disk".into(), img_before.display().to_string()])?;
+    let disk_args = |img: &Path| vec!["--workload".to_string(), "disk-write".into(), "--count".into(), n.clone(), "--disk".into(), img.display().to_string()];
+    let disk = ctx.profile("disk-write", &disk_args(&img_before))?;
     progress.say(&format!("disk-write, {n} sectors, --batch-pio"));
-    let batched = ctx.profile(
-        "disk-write-batched",
-        &["--workload".into(), "disk-write".into(), "--count".into(), n.clone(), "--disk".into(), img_after.display().to_string(), "--batch-pio".into()],
-    )?;
+    let mut batched_args = disk_args(&img_after);
+    batched_args.push("--batch-pio".into());
+    let batched = ctx.profile("disk-write-batched", &batched_args)?;
 
     progress.say("hot functions, callers, flame graph");
     let hot_rep = report::build(&disk.rec, GroupBy::Function, &resolve);
-    let hot = hot_functions(&hot_rep, 10);
     let (callers, callers_note) = callers(&disk.rec, &resolve);
-    let folded = report::build(&disk.rec, GroupBy::Caller, &resolve).render(Format::Folded, None);
+    let folded = render::report::render(&report::build(&disk.rec, GroupBy::Caller, &resolve), Format::Folded, None);
     write_file(&out.join("disk-write.folded"), folded.as_bytes())?;
     let flame_path = out.join("flamegraph.svg");
-    flame::write_svg(&folded, &format!("VM exits of tinyvmm's guest: disk-write, {n} sectors"), &flame_path)?;
+    render::flame::write_svg(&folded, &format!("VM exits of tinyvmm's guest: disk-write, {n} sectors"), &flame_path)?;
 
     let t4_before = ide_register_writes(&disk.rec);
     let t4_after = ide_register_writes(&batched.rec);
     let t4 = diff::build(&t4_before, &t4_after, DiffBy::Rip, &resolve);
-    let before = count_exits(&t4_before);
-    let after = count_exits(&t4_after);
-    let reduction_pct = if before > 0 { 100.0 * (before as f64 - after as f64) / before as f64 } else { 0.0 };
-    let images_identical = files_identical(&img_before, &img_after)?;
-    let checksums_equal = disk.stats["guest"]["checksum"] == batched.stats["guest"]["checksum"] && !disk.stats["guest"]["checksum"].is_null();
-    let vmm_count = |s: &Value| -> u64 {
-        let ports = &s["by_port"];
-        (IDE_REG_FIRST..=IDE_REG_LAST).chain([DOORBELL_PORT]).map(|p| ports[format!("{p:#x}")].as_u64().unwrap_or(0)).sum()
+    let (before, after) = (t4_before.total_exits(), t4_after.total_exits());
+    let guest_checksum = |r: &Run| r.stats.guest.as_ref().and_then(|g| g.checksum);
+    let sectors_per_s = |r: &Run| r.stats.guest.as_ref().and_then(|g| g.sectors_per_sec).unwrap_or(0) as f64;
+    let table4 = Table4 {
+        before,
+        after,
+        reduction_pct: pct_change(before as f64, after as f64).map_or(0.0, |c| -c),
+        images_identical: files_identical(&img_before, &img_after)?,
+        checksums_equal: guest_checksum(&disk).is_some() && guest_checksum(&disk) == guest_checksum(&batched),
+        cross_check: CrossCheck {
+            ports: "0x1f1-0x1f7 and 0x510, in and out",
+            recorded_before: recorded_on_ide_ports(&disk.rec),
+            tinyvmm_before: tinyvmm_on_ide_ports(&disk.stats),
+            recorded_after: recorded_on_ide_ports(&batched.rec),
+            tinyvmm_after: tinyvmm_on_ide_ports(&batched.stats),
+        },
+        hypercalls: batched.stats.hypercalls,
+        sectors_per_s_before: sectors_per_s(&disk),
+        sectors_per_s_after: sectors_per_s(&batched),
+        exits_total_before: disk.rec.total_exits(),
+        exits_total_after: batched.rec.total_exits(),
+        rows: t4.rows.iter().map(render::diff::JsonDiffRow::new).collect(),
     };
-    // Cross-check: tinyvmm counts port exits per port, both directions together; so
-    // does this sum over the recording.
-    let rec_count = |r: &Recording| -> u64 {
-        r.exits
-            .iter()
-            .filter(|e| port_of(e).is_some_and(|p| (IDE_REG_FIRST..=IDE_REG_LAST).contains(&p) || p == DOORBELL_PORT))
-            .map(|e| e.count)
-            .sum()
-    };
-    let cross = json!({
-        "ports": "0x1f1-0x1f7 and 0x510, in and out",
-        "recorded_before": rec_count(&disk.rec), "tinyvmm_before": vmm_count(&disk.stats),
-        "recorded_after": rec_count(&batched.rec), "tinyvmm_after": vmm_count(&batched.stats),
-    });
-    let disk_sps = disk.stats["guest"]["sectors_per_sec"].as_f64().unwrap_or(0.0);
-    let batched_sps = batched.stats["guest"]["sectors_per_sec"].as_f64().unwrap_or(0.0);
 
     let fig7_n = FIG7_SECTORS_PER_SECOND * opts.timer_seconds;
     let timer = experiments::timer_experiment(&ctx, &mut progress, fig7_n, &resolve)?;
     let pmtmr = experiments::pmtmr_experiment(&ctx, &mut progress, &resolve)?;
     progress.done();
 
-    let table4 = json!({
-        "before": before,
-        "after": after,
-        "reduction_pct": reduction_pct,
-        "images_identical": images_identical,
-        "checksums_equal": checksums_equal,
-        "cross_check": cross,
-        "hypercalls": batched.stats["hypercalls"],
-        "sectors_per_s_before": disk_sps,
-        "sectors_per_s_after": batched_sps,
-        "exits_total_before": count_exits(&disk.rec),
-        "exits_total_after": count_exits(&batched.rec),
-        "rows": t4.rows,
-    });
-    let mut plot_paths = plots::write_plots(&out, &n, &t4_before, &t4_after, &table4, &timer, &pmtmr)?;
-    plot_paths.insert("flamegraph".into(), json!(flame_path.display().to_string()));
+    let mut plots = plots::write_plots(&out, &n, &t4_before, &t4_after, &table4, &timer, &pmtmr)?;
+    plots.insert("flamegraph".into(), flame_path.display().to_string());
 
-    let json = json!({
-        "source": disk.rec.meta.source,
-        "kernel": disk.rec.meta.kernel,
-        "work_dir": out.display().to_string(),
-        "setup": {
-            "disk": format!("tinyvmm run --workload disk-write --count {n} (default boot, calibration on)"),
-            "table4": format!("disk-write --count {n} without and with --batch-pio; IDE register writes = out to 0x1f1-0x1f7, plus the doorbell (0x510) exits that replace them"),
-            "timer": format!("tinyvmm run --workload timer-disk --count {fig7_n} (disk-write with IRQ0 on during the I/O, guest programs 1000 Hz), delivered at 1000 Hz and with --pit-hz 100, calibration skipped; sectors_per_s = sectors / the I/O phase's guest PM-timer time; timer_exits = recorded exits in timer_interrupt/ack_irq/timer_isr_entry, tinyvmm_timer_exits = EOI writes + interrupt windows"),
-            "pmtmr": "boot only (timer workload for 0 s) with and without --skip-pmtmr-calibration; boot_ms = tinyvmm's wall time from vCPU start to guest exit",
-        },
-        "paper": {
-            "hot_functions": paper::HOT_FUNCTIONS,
-            "ide_outb_per_command": paper::IDE_OUTB_PER_COMMAND,
-            "table4_reduction_pct": paper::TABLE4_EXIT_REDUCTION_PCT,
-            "fig7_max_io_gain_pct": paper::FIG7_MAX_IO_GAIN_PCT,
-        },
-        "hot_functions": hot,
-        "hot_total_exits": hot_rep.total_exits,
-        "hot_total_time_ns": hot_rep.total_time_ns,
-        "callers": callers,
-        "callers_note": callers_note,
-        "table4": table4,
-        "timer": timer,
-        "pmtmr": pmtmr,
-        "plots": plot_paths,
-    });
-
-    let mut text = String::new();
-    render_text(&mut text, &json, &hot_rep, &t4, opts);
-    write_file(&out.join("demo.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
+    let result = DemoResult {
+        source: disk.rec.meta.source,
+        kernel: disk.rec.meta.kernel.clone(),
+        work_dir: out.display().to_string(),
+        setup: Setup::new(&n, fig7_n),
+        paper: PaperFigures::default(),
+        hot_functions: hot_functions(&hot_rep, 10),
+        hot_total_exits: hot_rep.total_exits,
+        hot_total_time_ns: hot_rep.total_time_ns,
+        callers,
+        callers_note,
+        table4,
+        timer,
+        pmtmr,
+        plots,
+    };
+    let text = render_text::render(&result, &hot_rep, &t4, opts);
+    write_file(&out.join("demo.json"), (serde_json::to_string_pretty(&result)? + "\n").as_bytes())?;
     write_file(&out.join("demo.txt"), text.as_bytes())?;
-    Ok(DemoResult { json, text })
+    Ok(DemoOutput { result, text })
 }

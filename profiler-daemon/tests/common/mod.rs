@@ -4,7 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const KVMPROF: &str = env!("CARGO_BIN_EXE_kvmprof");
-pub const EXIT_LOOP: &str = env!("CARGO_BIN_EXE_kvm-exit-loop");
+/// The calibration guest's binary (package kvm-exit-loop), built beside kvmprof by the README's
+/// test command (`cargo build --release --workspace --bins`).
+pub fn exit_loop() -> String {
+    target_bin("kvm-exit-loop").display().to_string()
+}
 
 /// Live tests need root, /dev/kvm, BPF and tracefs. They fail, never skip, without them: a
 /// green run that skipped them would hide a broken build.
@@ -12,7 +16,7 @@ pub fn require_live() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "live tests must run as root (eBPF, tracefs): run `sudo scripts/test`");
     assert!(Path::new("/dev/kvm").exists(), "/dev/kvm is missing: live tests need KVM");
-    profiler_daemon::tracefs::ensure_mounted().expect("tracefs with KVM tracepoints is required");
+    profiler_daemon::live::tracefs::ensure_mounted().expect("tracefs with KVM tracepoints is required");
 }
 
 pub fn run(bin: &str, args: &[&str]) -> Output {
@@ -76,14 +80,39 @@ pub fn target_bin(name: &str) -> PathBuf {
 
 /// A recording made from JSON exit rows in the documented file format, loaded (and so
 /// validated) the way `kvmprof` loads a file.
-pub fn synthetic_recording(exits: Vec<serde_json::Value>, threads: serde_json::Value, pid: u32) -> profiler_daemon::recording::Recording {
+pub fn synthetic_recording(exits: Vec<serde_json::Value>, threads: serde_json::Value, pid: u32) -> profiler_daemon::model::Profile {
     let v = serde_json::json!({
-        "format": "kvmprof-recording", "version": 1,
+        "format": "kvmprof-recording", "version": 2,
         "meta": { "source": "emulated", "origin": "live", "tool_version": "0", "kernel": "k", "host": "h",
                   "start_unix_ns": 0, "end_unix_ns": 1, "pid": pid, "command": null, "command_status": 0,
                   "records_requested": false, "records_dropped": 0, "exit_keys_full": 0, "threads_full": 0,
                   "unfinished_exits": 0 },
         "threads": threads, "exits": exits, "records": null,
     });
-    profiler_daemon::recording::Recording::from_bytes(v.to_string().as_bytes(), "synthetic").expect("valid recording")
+    profiler_daemon::model::recording::from_bytes(v.to_string().as_bytes(), "synthetic").expect("valid recording")
+}
+
+/// The reason name an `out`/`in` exit gets on the exit source this host uses: the kernel's own
+/// names (`IO_INSTRUCTION` on VMX, `io` on SVM, `IO` = KVM_EXIT_IO on the emulated source).
+pub fn io_reason() -> &'static str {
+    use profiler_daemon::model::Source;
+    match profiler_daemon::live::detect_source() {
+        Source::Emulated => "IO",
+        Source::Hw if std::path::Path::new("/sys/module/kvm_amd").exists() => "io",
+        Source::Hw => "IO_INSTRUCTION",
+    }
+}
+
+/// The reason name of a `hlt` exit on this host's source (`HLT` on VMX and emulated, `hlt` on SVM).
+pub fn hlt_reason() -> &'static str {
+    if std::path::Path::new("/sys/module/kvm_amd").exists() {
+        "hlt"
+    } else {
+        "HLT"
+    }
+}
+
+/// Whether the tracepoints name the vCPU on this host's source (`kvm_exit`'s vcpu_id on `hw`).
+pub fn source_names_vcpu() -> bool {
+    profiler_daemon::live::detect_source() == profiler_daemon::model::Source::Hw
 }

@@ -30,6 +30,37 @@ pub fn build_test_elf(dir: &Path) -> PathBuf {
     exe
 }
 
+/// Link address of the kernel-like ELF of [`build_kernel_elf`].
+pub const KERNEL_LINK_BASE: u64 = 0xffff_ffff_8100_0000;
+
+/// A kernel-like ELF: `_text` (the entry) and `kfunc`, gcc -O2 -g, linked at
+/// [`KERNEL_LINK_BASE`] as a vmlinux is.
+pub fn build_kernel_elf(dir: &Path) -> PathBuf {
+    let src = dir.join("k.c");
+    std::fs::write(&src, "void _text(void) {}\nint kfunc(int x) { return x * 3; }\n").unwrap();
+    let kernel = dir.join("kernel");
+    run(Command::new("gcc")
+        .args(["-O2", "-g", "-nostdlib", "-static", "-no-pie", "-Wl,-e,_text"])
+        .arg(format!("-Wl,-Ttext=0x{KERNEL_LINK_BASE:x}"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&kernel));
+    kernel
+}
+
+/// The address `nm` gives for `name` in `elf`.
+pub fn symbol_address(elf: &Path, name: &str) -> u64 {
+    let out = Command::new("nm").arg(elf).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[2] == name).then(|| u64::from_str_radix(f[0], 16).unwrap())
+        })
+        .unwrap_or_else(|| panic!("{name} not in {}", elf.display()))
+}
+
 /// One answer block per address, as `addr2line -a -f -i -C -e ELF` prints it, minus the
 /// address line and minus ` (discriminator N)` (documented difference: not part of file:line).
 pub fn binutils_addr2line(elf: &Path, addrs: &[u64]) -> Vec<Vec<String>> {

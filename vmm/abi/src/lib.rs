@@ -12,7 +12,19 @@
 //!
 //! Since the guest runs at its link addresses, a guest RIP symbolizes directly against the
 //! ELF written by `tinyvmm guest-elf -o FILE`.
-#![no_std]
+//!
+//! ## Features
+//!
+//! - `vm-memory`: `vm_memory::ByteValued` for [`BootParams`] and [`PioEntry`] (the VMM side).
+//! - `stats`: the [`stats`] module, tinyvmm's `--stats-json` document as serde types
+//!   (needs `alloc` and serde only).
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(feature = "stats")]
+extern crate alloc;
+
+#[cfg(feature = "stats")]
+pub mod stats;
 
 /// `BootParams::magic`: "KVMP".
 pub const BOOT_PARAMS_MAGIC: u32 = 0x504d_564b;
@@ -97,7 +109,11 @@ const _: () = assert!(core::mem::size_of::<BootParams>() == 40);
 
 #[cfg(feature = "vm-memory")]
 mod guest_memory {
-    // SAFETY: both are repr(C), plain integers, no padding (checked sizes above).
+    // SAFETY: BootParams is repr(C) of plain integers (u32 x4, u64 x3) with no padding
+    // (its size is checked above to be 40 = the sum of its fields); any bit pattern is a
+    // valid value.
     unsafe impl vm_memory::ByteValued for super::BootParams {}
+    // SAFETY: PioEntry is repr(C) of plain integers (u8, u8, u16, u32) with no padding
+    // (its size is checked above to be 8); any bit pattern is a valid value.
     unsafe impl vm_memory::ByteValued for super::PioEntry {}
 }

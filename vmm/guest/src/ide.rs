@@ -76,6 +76,14 @@ pub fn ide_init() {
     outb(CONTROL, 0x02);
 }
 
+/// Recovery from an unknown state: select the master, pulse SRST (software reset), leave
+/// nIEN set.
+pub fn ide_reset() {
+    outb(DEVICE, DEV_LBA);
+    outb(CONTROL, 0x06);
+    outb(CONTROL, 0x02);
+}
+
 /// Reads and writes one sector at `lba` with a 48-bit command.
 #[inline(never)]
 pub fn ide_do_rw_disk(dir: Dir, lba: u64, buf: &mut Sector, q: Option<&mut PioQueue>) -> Result<(), IdeError> {

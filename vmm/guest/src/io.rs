@@ -9,7 +9,6 @@ pub fn outb(port: u16, v: u8) {
     unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
 }
 #[inline(always)]
-#[allow(dead_code)]
 pub fn outw(port: u16, v: u16) {
     unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags)) }
 }

@@ -3,7 +3,7 @@
 use crate::abi::*;
 use crate::batch::{pio_batch, PioQueue};
 use crate::ide::{self, Dir, IdeError, Sector};
-use crate::io::{inb, inl, inw, outb, outl};
+use crate::io::{inb, inl, inw, outb, outl, outw};
 use crate::kprint;
 use crate::timer::{self, pm_read, Calibration, PM_HZ, PM_MASK, TICKS};
 use core::sync::atomic::Ordering;
@@ -282,10 +282,73 @@ fn hostile(p: &BootParams) {
         (inb(ide::STATUS), inb(ide::ERROR))
     };
     let code = |e: Option<IdeError>| e.map(|e| (e.status as u32) << 8 | e.error as u32).unwrap_or(0);
+    // Arbitrary accesses to every IDE register, then what a driver does from an unknown
+    // state: a reset, one sector written and read back. Then the same with batched
+    // register accesses, after all the malformed queues above.
+    ide_garbage(0x1234_5678, 3000);
+    let (garbage_recovery, garbage_readback) = reset_write_read_back(RECOVERY_LBA, None);
+    let (batch_recovery, batch_readback) = reset_write_read_back(RECOVERY_LBA + 1, Some(queue()));
     kprint!(
-        "@@result {{\"workload\":\"hostile\",\"status\":\"ok\",\"queue_outside_ram\":{},\"queue_straddles_ram_end\":{},\"queue_address_wraps\":{},\"queue_count_over_limit\":{},\"queue_count_huge\":{},\"queue_bad_op\":{},\"queue_bad_size\":{},\"queue_nested_doorbell\":{},\"queue_unknown_port\":{},\"queue_unknown_port_value\":{},\"queue_empty\":{},\"unknown_in8\":{},\"unknown_in16\":{},\"unknown_in32\":{},\"disk_sectors\":{},\"lba48_read_out_of_range\":{},\"lba48_write_out_of_range\":{},\"lba28_read_out_of_range\":{},\"ide_recovered\":{},\"ide_unknown_command\":{}}}\n",
+        "@@result {{\"workload\":\"hostile\",\"status\":\"ok\",\"queue_outside_ram\":{},\"queue_straddles_ram_end\":{},\"queue_address_wraps\":{},\"queue_count_over_limit\":{},\"queue_count_huge\":{},\"queue_bad_op\":{},\"queue_bad_size\":{},\"queue_nested_doorbell\":{},\"queue_unknown_port\":{},\"queue_unknown_port_value\":{},\"queue_empty\":{},\"unknown_in8\":{},\"unknown_in16\":{},\"unknown_in32\":{},\"disk_sectors\":{},\"lba48_read_out_of_range\":{},\"lba48_write_out_of_range\":{},\"lba28_read_out_of_range\":{},\"ide_recovered\":{},\"ide_unknown_command\":{},\"ide_garbage_recovery\":{},\"ide_garbage_readback\":\"0x{:016x}\",\"batch_recovery\":{},\"batch_readback\":\"0x{:016x}\"}}\n",
         outside, straddle, wrap, too_many, huge, bad_op, bad_size, nested, batched_unknown,
         batched_unknown_val, empty, in8, in16, in32, cap, code(e48), code(e48w),
-        (st28 as u32) << 8 | err28 as u32, recovered, (unknown_cmd.0 as u32) << 8 | unknown_cmd.1 as u32
+        (st28 as u32) << 8 | err28 as u32, recovered, (unknown_cmd.0 as u32) << 8 | unknown_cmd.1 as u32,
+        garbage_recovery, garbage_readback, batch_recovery, batch_readback
     );
+}
+
+/// Where the hostile workload's recovery writes its two sectors (the disk-write pattern).
+const RECOVERY_LBA: u64 = 5;
+
+/// `n` arbitrary accesses (xorshift from `seed`) to the IDE registers 0x1f0-0x1f7 and
+/// 0x3f6: any register, 8/16/32-bit, in or out, any value, except the write commands
+/// (0x30-0x3f become an unknown command), so the image stays what the test expects.
+fn ide_garbage(seed: u32, n: u32) {
+    let mut x = seed;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = [ide::DATA, 0x1f1, 0x1f2, 0x1f3, 0x1f4, 0x1f5, 0x1f6, 0x1f7, ide::CONTROL][(x % 9) as usize];
+        let mut v = x >> 8;
+        if port == ide::COMMAND && v & 0xf0 == 0x30 {
+            v = 0x99;
+        }
+        match (x >> 4) % 6 {
+            0 => outb(port, v as u8),
+            1 => outw(port, v as u16),
+            2 => outl(port, v),
+            3 => {
+                inb(port);
+            }
+            4 => {
+                inw(port);
+            }
+            _ => {
+                inl(port);
+            }
+        }
+    }
+}
+
+/// A reset, then the disk-write pattern written to `lba` and read back into a cleared
+/// buffer. Returns 0 or the first failure (`1 << 16` write, `2 << 16` read, `| status << 8
+/// | error`), and the checksum of the sector read back.
+fn reset_write_read_back(lba: u64, mut q: Option<&mut PioQueue>) -> (u32, u64) {
+    ide::ide_reset();
+    let mut buf = Sector([0; 256]);
+    // SAFETY: Sector is 512 bytes, 8-aligned, so it is also 64 aligned u64 words.
+    let words = unsafe { &mut *(&mut buf as *mut Sector as *mut [u64; 64]) };
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = pattern_word(lba, i as u64);
+    }
+    let fail = |phase: u32, e: IdeError| phase << 16 | (e.status as u32) << 8 | e.error as u32;
+    if let Err(e) = ide::ide_do_rw_disk(Dir::Write, lba, &mut buf, q.as_deref_mut()) {
+        return (fail(1, e), 0);
+    }
+    buf.0 = [0; 256];
+    if let Err(e) = ide::ide_do_rw_disk(Dir::Read, lba, &mut buf, q) {
+        return (fail(2, e), 0);
+    }
+    (0, fnv_words(FNV_INIT, &buf))
 }

@@ -383,14 +383,100 @@ mod tests {
         assert!(p.irq_deadline().unwrap() > due + Duration::from_micros(5500));
     }
 
-    #[test]
-    fn garbage_never_panics() {
-        let mut p = Pit::new(None);
+    /// Arbitrary control words, counts and reads on every PIT port (and a few beyond),
+    /// with IRQ0 taken at arbitrary times, from an xorshift seed.
+    fn garbage(p: &mut Pit, seed: u32) {
         for v in 0..=255u8 {
-            w(&mut p, 0x43, v);
-            w(&mut p, 0x40 + u16::from(v % 3), v);
-            r(&mut p, 0x40 + u16::from(v % 4));
+            w(p, 0x43, v);
+            w(p, 0x40 + u16::from(v % 3), v);
+            r(p, 0x40 + u16::from(v % 4));
             let _ = p.take_irq(Instant::now() + Duration::from_secs(1));
         }
+        let mut x = seed;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let port = 0x3e + (x % 8) as u16; // 0x3e..=0x45
+            let v = (x >> 8) as u8;
+            match (x >> 16) % 4 {
+                0 | 1 => w(p, port, v),
+                2 => {
+                    r(p, port);
+                }
+                _ => {
+                    let _ = p.take_irq(Instant::now() + Duration::from_micros(u64::from(v) * 97));
+                }
+            }
+        }
+    }
+
+    /// What the guest's `pit_init` does (channel 0, LSB then MSB, mode 2, 1193 = 1000 Hz),
+    /// then checks the programmed rate, the delivered period, the counter and the status,
+    /// exactly; then channel 2 as `verify_pmtmr_rate` programs it.
+    fn program_1000hz_and_check(p: &mut Pit, deliver_hz: Option<u32>) {
+        let before = Instant::now();
+        w(p, 0x43, 0x34);
+        w(p, 0x40, 0xa9);
+        w(p, 0x40, 0x04);
+        let armed = Instant::now();
+        assert_eq!(p.ch[0].reload, 1193);
+        assert_eq!(p.programmed_millihz(), 1_000_152, "1193182 / 1193 Hz");
+        let period = match deliver_hz {
+            None => Duration::from_nanos(1193 * 1_000_000_000 / PIT_HZ),
+            Some(hz) => Duration::from_nanos(1_000_000_000 / u64::from(hz)),
+        };
+        assert_eq!(p.period, period);
+        let due = p.irq_deadline().expect("channel 0 armed");
+        assert!(due >= before + period && due <= armed + period, "first IRQ0 one period after the count");
+        // Ticks at exactly that period, none missed when taken on time.
+        let missed = p.irqs_missed;
+        let irqs = p.irqs;
+        assert!(!p.take_irq(due - Duration::from_nanos(1)), "not before it is due");
+        assert!(p.take_irq(due));
+        assert_eq!(p.irq_deadline(), Some(due + period));
+        assert!(p.take_irq(due + period));
+        assert_eq!(p.irq_deadline(), Some(due + 2 * period));
+        assert_eq!((p.irqs, p.irqs_missed), (irqs + 2, missed));
+        // Read-back of channel 0's status, then its latched count (LSB, MSB).
+        w(p, 0x43, 0xc2);
+        let status = r(p, 0x40);
+        assert_eq!(status & 0x7f, (3 << 4) | (2 << 1), "status {status:#x}: count loaded, LSB+MSB, mode 2, binary");
+        let c = u16::from(r(p, 0x40)) | u16::from(r(p, 0x40)) << 8;
+        assert!((1..=1193).contains(&c), "count {c}");
+        // Channel 2 free-running for the calibration: count 0 = 65536; a latched count is
+        // read LSB then MSB, and does not touch channel 0.
+        w(p, 0x43, 0xb4);
+        w(p, 0x42, 0);
+        w(p, 0x42, 0);
+        assert_eq!((p.ch[2].reload, p.ch[2].mode, p.ch[2].access), (65536, 2, Access::Word));
+        w(p, 0x43, 0x80);
+        assert!(p.ch[2].latch.is_some());
+        r(p, 0x42);
+        r(p, 0x42);
+        assert_eq!(p.ch[2].latch, None, "both latched bytes read");
+        assert_eq!((p.ch[0].reload, p.period, p.irq_deadline()), (1193, period, Some(due + 2 * period)));
+    }
+
+    #[test]
+    fn garbage_never_panics_and_programming_a_rate_gives_that_rate() {
+        for (seed, deliver) in [(0x1234_5678u32, None), (0xdead_beef, Some(100)), (99, None), (0x0bad_f00d, Some(250))] {
+            let mut p = Pit::new(deliver);
+            garbage(&mut p, seed);
+            program_1000hz_and_check(&mut p, deliver);
+            // And again after a second round of garbage on the running timer.
+            garbage(&mut p, seed.rotate_left(7));
+            program_1000hz_and_check(&mut p, deliver);
+        }
+    }
+
+    #[test]
+    fn a_half_written_count_or_a_pending_latch_does_not_leak_into_the_next_programming() {
+        let mut p = Pit::new(None);
+        w(&mut p, 0x43, 0x34);
+        w(&mut p, 0x40, 0x55); // LSB only: the MSB never comes.
+        w(&mut p, 0x43, 0xc2); // Status and count latched, never read.
+        w(&mut p, 0x43, 0x00);
+        program_1000hz_and_check(&mut p, None);
     }
 }

@@ -102,3 +102,103 @@ impl PortDevice for Uart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u16 = 0x3f8;
+
+    fn out(u: &mut Uart, off: u16, v: u8) {
+        u.write(BASE.wrapping_add(off), &[v]);
+    }
+    fn inp(u: &mut Uart, off: u16) -> u8 {
+        let mut b = [0u8];
+        u.read(BASE.wrapping_add(off), &mut b);
+        b[0]
+    }
+
+    /// Arbitrary accesses at any offset (in the 8 registers and far outside them), any
+    /// size, DLAB and loopback toggled at random, from an xorshift seed.
+    fn garbage(u: &mut Uart, seed: u32) {
+        let mut x = seed;
+        for _ in 0..20000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let off = if x & 0x8000_0000 != 0 { (x >> 4) as u16 } else { (x % 8) as u16 };
+            let size = [1usize, 2, 4][(x >> 8) as usize % 3];
+            let mut b = (x >> 12).to_le_bytes();
+            if x & 0x100 != 0 {
+                u.write(BASE.wrapping_add(off), &b[..size]);
+            } else {
+                u.read(BASE.wrapping_add(off), &mut b[..size]);
+            }
+        }
+    }
+
+    /// A driver's init (8N1 at 115200 baud, loopback off, no interrupts), draining what
+    /// the receiver holds and clearing latched state, then one result line: checks the
+    /// registers and the console exactly.
+    fn init_and_print(u: &mut Uart, tag: u32) {
+        out(u, 3, 0x80); // LCR: DLAB
+        out(u, 0, 0x01); // DLL
+        out(u, 1, 0x00); // DLM
+        assert_eq!((inp(u, 0), inp(u, 1)), (0x01, 0x00), "divisor latch");
+        out(u, 3, 0x03); // LCR: 8N1, DLAB off
+        out(u, 1, 0x00); // IER: no interrupts
+        out(u, 4, 0x03); // MCR: DTR | RTS, loopback off
+        // Drain the receiver, then clear what is latched (as Linux's 8250 startup does:
+        // LSR, RX, IIR, MSR): a stale interrupt identification is cleared by reading IIR.
+        for _ in 0..=64 {
+            if inp(u, 5) & 0x01 == 0 {
+                break;
+            }
+            inp(u, 0);
+        }
+        for off in [5, 0, 2, 6] {
+            inp(u, off);
+        }
+        assert_eq!(inp(u, 5), 0x60, "LSR: transmitter empty and idle, no data");
+        assert_eq!(inp(u, 2), 0xc1, "IIR: FIFO enabled bits, no interrupt pending");
+        assert_eq!((inp(u, 3), inp(u, 1), inp(u, 4)), (0x03, 0x00, 0x03), "LCR, IER, MCR");
+        out(u, 7, 0xa5);
+        assert_eq!(inp(u, 7), 0xa5, "scratch");
+        let results = u.console().results.len();
+        // A new line first: the garbage may have left a partial line on the console.
+        let line = format!("\n@@result {{\"uart\":{tag}}}\n");
+        for b in line.bytes() {
+            out(u, 0, b);
+        }
+        assert_eq!(u.console().results.len(), results + 1);
+        assert_eq!(u.console().results.last().map(String::as_str), Some(format!("{{\"uart\":{tag}}}").as_str()));
+        assert_eq!(inp(u, 5), 0x60, "nothing looped back");
+    }
+
+    #[test]
+    fn garbage_never_panics_and_an_initialised_port_prints_again() {
+        let mut u = Uart::new(BASE, false);
+        init_and_print(&mut u, 0);
+        for seed in [0x1234_5678u32, 0xdead_beef, 3, 0x0bad_f00d] {
+            garbage(&mut u, seed);
+            init_and_print(&mut u, seed);
+        }
+        // Loopback with a full receive FIFO and DLAB left on.
+        out(&mut u, 4, 0x10);
+        for b in 0..100u8 {
+            out(&mut u, 0, b);
+        }
+        out(&mut u, 3, 0x80);
+        init_and_print(&mut u, 1);
+    }
+
+    #[test]
+    fn a_line_without_newline_is_flushed_in_pieces_and_result_lines_still_parse() {
+        let mut u = Uart::new(BASE, false);
+        for _ in 0..(MAX_LINE + 10) {
+            out(&mut u, 0, b'@');
+        }
+        assert!(u.console().results.is_empty());
+        init_and_print(&mut u, 42);
+    }
+}

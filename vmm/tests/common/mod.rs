@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use vmm::abi::stats::RunStats;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -22,6 +23,8 @@ pub fn tinyvmm() -> Command {
 pub struct Run {
     pub out: Output,
     pub stats: Option<Value>,
+    /// The same file, parsed strictly into the typed document (every run checks it).
+    pub typed: Option<RunStats>,
 }
 
 impl Run {
@@ -33,6 +36,9 @@ impl Run {
     }
     pub fn stats(&self) -> &Value {
         self.stats.as_ref().expect("no stats JSON written")
+    }
+    pub fn typed(&self) -> &RunStats {
+        self.typed.as_ref().expect("no stats JSON written")
     }
     pub fn guest(&self) -> &Value {
         &self.stats()["guest"]
@@ -56,8 +62,16 @@ pub fn run(dir: &Path, args: &[&str]) -> Run {
         .args(args)
         .output()
         .expect("cannot run tinyvmm");
-    let stats = std::fs::read_to_string(&stats).ok().map(|s| serde_json::from_str(&s).expect("stats JSON"));
-    Run { out, stats }
+    let text = std::fs::read_to_string(&stats).ok();
+    let stats: Option<Value> = text.as_deref().map(|s| serde_json::from_str(s).expect("stats JSON"));
+    // Every stats file must parse into the typed document (unknown fields are errors) and
+    // write back to the same JSON: nothing written is undeclared, nothing declared is lost.
+    let typed = text.as_deref().map(|s| {
+        let t: RunStats = serde_json::from_str(s).unwrap_or_else(|e| panic!("stats JSON is not a RunStats: {e}\n{s}"));
+        assert_eq!(serde_json::to_value(&t).unwrap(), *stats.as_ref().unwrap(), "RunStats round trip differs");
+        t
+    });
+    Run { out, stats, typed }
 }
 
 fn rand_tag() -> u64 {

@@ -115,7 +115,7 @@ impl BarChart {
                 let h = TOP + plot_h - y;
                 let _ = writeln!(
                     s,
-                    r#"<rect class="bar" x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+                    r#"<rect class="bar" data-value="{v}" x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{}: {}</title></rect>"#,
                     bar_w - 4.0,
                     ser.color,
                     escape(&format!("{} / {}", cat, ser.name)),

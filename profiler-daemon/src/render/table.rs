@@ -34,11 +34,3 @@ pub fn render<R: AsRef<[String]>>(header: &[&str], rows: &[R], numeric: RangeInc
 pub fn more_rows(shown: usize, total: usize) -> Option<String> {
     (shown < total).then(|| format!("({} more rows; use --top to see more)", total - shown))
 }
-
-/// A port cell: `out 0x1f0`, or `-` when the row has no single port.
-pub fn port(port: &Option<String>, direction: Option<&str>) -> String {
-    match (port, direction) {
-        (Some(p), Some(d)) => format!("{d} {p}"),
-        _ => "-".into(),
-    }
-}

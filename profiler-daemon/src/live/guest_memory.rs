@@ -30,7 +30,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use profiler_common::guest::{self, GuestMemMap, MemRegion, Paging, MAX_REGIONS};
 use serde_json::Value;
 
-use crate::tracer::GuestMemoryMap;
+use super::session::GuestMemoryMap;
 
 /// A parsed memory-map file.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,11 +15,11 @@ use std::io::BufRead;
 use anyhow::{bail, Context, Result};
 use profiler_common::{detail, isa, kvm_exit, Thread, NO_VCPU};
 
-use crate::aggregate::{Aggregate, Threads};
-use crate::reasons;
-use crate::recording::{Meta, Recording, ThreadInfo};
+use crate::model::aggregate::{Aggregate, Threads};
+use crate::model::{reasons, Meta, Profile, Source, ThreadInfo};
+use profiler_common::parse_hex as hex;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextFormat {
     /// `perf script` output of `perf record -e 'kvm:*'`.
     PerfScript,
@@ -28,7 +28,7 @@ pub enum TextFormat {
 }
 
 impl TextFormat {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             TextFormat::PerfScript => "perf-script",
             TextFormat::Ftrace => "ftrace",
@@ -112,10 +112,6 @@ fn arg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-fn hex(s: &str) -> Option<u64> {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
-}
-
 /// `kvm_exit` arguments: "vcpu 0 reason IO_INSTRUCTION rip 0x... info1 ...". The reason
 /// name decides the ISA (VMX names are upper case, SVM lower case, and the sets are disjoint).
 fn parse_exit(args: &str) -> Option<(u32, u8, u32, u64)> {
@@ -137,7 +133,7 @@ fn parse_exit(args: &str) -> Option<(u32, u8, u32, u64)> {
 }
 
 pub struct Imported {
-    pub recording: Recording,
+    pub profile: Profile,
     pub lines: u64,
     pub events: u64,
     pub skipped: u64,
@@ -238,7 +234,7 @@ pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> 
     }
     agg.finish_threads(threads.states.values_mut());
     let meta = Meta {
-        source: if saw_hw { "hw" } else { "emulated" }.into(),
+        source: if saw_hw { Source::Hw } else { Source::Emulated },
         origin: format!("import:{}", format.name()),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         start_unix_ns: first_ts.unwrap_or(0),
@@ -246,7 +242,9 @@ pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> 
         records_requested: true,
         ..Meta::default()
     };
-    Ok(Imported { recording: agg.into_recording(meta, infos), lines, events, skipped })
+    // Every key comes from the importer's own state machine, so each decodes.
+    let (profile, _) = agg.into_profile(meta, infos);
+    Ok(Imported { profile, lines, events, skipped })
 }
 
 

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::{ExitKey, ExitRecord, ExitStats, Thread, ThreadState};
 
-use crate::recording::{ExitRow, Meta, Recording, ThreadInfo};
+use super::exit::Exit;
+use super::profile::{Meta, Profile, Record, ThreadInfo};
 
 #[derive(Debug, Default)]
 pub struct Aggregate {
@@ -44,19 +45,26 @@ impl Aggregate {
         }
     }
 
-    pub fn into_recording(self, mut meta: Meta, threads: BTreeMap<u32, ThreadInfo>) -> Recording {
+    /// The profile of these exits. Keys no kvmprof program writes (a bug, or a foreign map)
+    /// are left out and counted in the returned number.
+    pub fn into_profile(self, mut meta: Meta, threads: BTreeMap<u32, ThreadInfo>) -> (Profile, usize) {
         meta.unfinished_exits = self.unfinished;
-        let mut rec = Recording::new(meta);
-        rec.threads = threads;
         let mut index = HashMap::new();
-        for (i, (key, stats)) in self.exits.iter().enumerate() {
-            index.insert(*key, i as u64);
-            rec.exits.push(ExitRow::new(key, stats));
+        let mut exits = Vec::with_capacity(self.exits.len());
+        let mut undecodable = 0;
+        for (key, stats) in &self.exits {
+            match Exit::from_key(key, *stats) {
+                Ok(e) => {
+                    index.insert(*key, exits.len());
+                    exits.push(e);
+                }
+                Err(_) => undecodable += 1,
+            }
         }
-        rec.records = self.records.map(|rs| {
-            rs.iter().filter_map(|r| index.get(&r.key).map(|i| [r.start_ns, r.duration_ns, *i])).collect()
+        let records = self.records.map(|rs| {
+            rs.iter().filter_map(|r| index.get(&r.key).map(|i| Record { start_ns: r.start_ns, duration_ns: r.duration_ns, exit: *i })).collect()
         });
-        rec
+        (Profile { meta, threads, exits, records }, undecodable)
     }
 }
 

@@ -1,0 +1,70 @@
+//! `kvm-exit-loop --outs N --ins M`: a KVM guest that executes exactly N `out` and M `in`, then
+//! `hlt`, under a bare KVM_RUN loop. Prints the exits it saw (and the RIPs) as JSON.
+use std::time::Duration;
+
+use clap::Parser;
+use kvm_exit_loop::{run, ExitLoopGuest, Options};
+
+#[derive(Parser)]
+#[command(
+    about = "A KVM guest with an exactly known number of port-I/O exits (test and benchmark calibration)",
+    after_help = "With --pause-then-outs M the guest makes N outs, then pauses: kvm-exit-loop prints `paused` \
+and waits for a line on stdin, then the guest makes M more outs at the same RIP and halts. \
+With --wait-for-go it prints `ready` once the VM exists and waits for a line before the guest starts."
+)]
+struct Args {
+    /// Number of `out dx, al` the guest executes.
+    #[arg(long, default_value_t = 1000)]
+    outs: u32,
+    /// Number of `in al, dx` the guest executes (not with --pause-then-outs).
+    #[arg(long, default_value_t = 0)]
+    ins: u32,
+    /// Port written by the `out`s (hex with 0x, or decimal).
+    #[arg(long, default_value = "0x80", value_parser = parse_port)]
+    out_port: u16,
+    /// Port read by the `in`s.
+    #[arg(long, default_value = "0x71", value_parser = parse_port)]
+    in_port: u16,
+    /// After the outs, pause (see below), then make this many more outs at the same RIP.
+    #[arg(long, value_name = "M", conflicts_with = "ins")]
+    pause_then_outs: Option<u32>,
+    /// Print `ready` and wait for a line on stdin before the guest's first instruction.
+    #[arg(long)]
+    wait_for_go: bool,
+    /// The VMM answers each `in` after this many microseconds (busy-waiting).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    in_delay_us: u64,
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    let n = match profiler_common::parse_hex(s) {
+        Some(n) if s.starts_with("0x") || s.starts_with("0X") => Some(n),
+        _ => s.parse().ok(),
+    };
+    n.and_then(|n| u16::try_from(n).ok()).ok_or_else(|| format!("not a port number (0 to 0xffff): {s}"))
+}
+
+fn main() {
+    let a = Args::parse();
+    let guest = match a.pause_then_outs {
+        Some(m) => ExitLoopGuest::paused(a.outs, m, a.out_port),
+        None => ExitLoopGuest::new(a.outs, a.ins, a.out_port, a.in_port),
+    };
+    let opts = Options { in_delay: Duration::from_micros(a.in_delay_us), wait_before_start: a.wait_for_go };
+    match run(&guest, opts) {
+        Ok(st) => {
+            let v = serde_json::json!({
+                "out_rip": format!("{:#x}", guest.out_rip),
+                "in_rip": format!("{:#x}", guest.in_rip),
+                "pause_rip": format!("{:#x}", guest.pause_rip),
+                "hlt_rip": format!("{:#x}", guest.hlt_rip),
+                "stats": st,
+            });
+            println!("{v}");
+        }
+        Err(e) => {
+            eprintln!("kvm-exit-loop: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `kvmprof record`.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use clap::ValueEnum;
+use profiler_daemon::live::record::{self, RecordOptions};
+use profiler_daemon::model::Source;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SourceArg {
+    /// Pick by the loaded KVM vendor module (kvm_intel/kvm_amd: hw, else emulated).
+    Auto,
+    Hw,
+    Emulated,
+}
+
+impl SourceArg {
+    pub fn resolve(self) -> Option<Source> {
+        match self {
+            SourceArg::Auto => None,
+            SourceArg::Hw => Some(Source::Hw),
+            SourceArg::Emulated => Some(Source::Emulated),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  kvmprof record -o disk.kvmprof -- tinyvmm run --workload disk-write\n  \
+kvmprof record -o vm.kvmprof --pid 4242 --duration 30 --records\n\n\
+Without --pid or a command, every KVM guest on the host is recorded until Ctrl-C or --duration. \
+Needs root (eBPF). Mounts tracefs at /sys/kernel/tracing if it is not mounted.")]
+pub struct RecordArgs {
+    /// Where to write the recording.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Trace this running VMM process (a QEMU, Firecracker, ... PID) instead of a command.
+    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    pid: Option<u32>,
+    /// Stop after this many seconds (default: when the command or PID exits, or on Ctrl-C).
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Also keep every exit, in order, with its start time and duration (costs more).
+    #[arg(long)]
+    records: bool,
+    /// Which tracepoints give the exits.
+    #[arg(long, value_enum, default_value = "auto")]
+    source: SourceArg,
+    /// The VMM's guest memory map, for caller attribution (`report --by caller`): JSON
+    /// {"pid":N,"regions":[{"guest_phys":"0x0","size":N,"host_virt":"0x7f.."}]}, as written by
+    /// `tinyvmm run --memory-map FILE`. Not needed for `-- tinyvmm run ...` (kvmprof asks
+    /// tinyvmm for it); with a command, kvmprof waits for the command to write it.
+    #[arg(long, value_name = "FILE")]
+    guest_memory_map: Option<PathBuf>,
+    /// The command to run and trace (after --).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+pub fn run(a: RecordArgs) -> Result<i32> {
+    let duration = a
+        .duration
+        .map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a positive number of seconds, not {s}")))
+        .transpose()?;
+    record::run(&RecordOptions {
+        output: a.output,
+        guest_memory_map: a.guest_memory_map,
+        pid: a.pid,
+        duration,
+        records: a.records,
+        source: a.source.resolve(),
+        command: a.command,
+        quiet: false,
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,13 @@
+//! Root-only: loading and attaching the eBPF programs (the [`Session`]), the processes they
+//! trace, tracefs, the kernel's BTF, and the guest memory of a VMM.
+pub mod btf;
+pub mod command;
+mod error;
+pub mod guest_memory;
+pub mod record;
+pub mod session;
+pub mod targets;
+pub mod tracefs;
+
+pub use error::{require_root, LiveError};
+pub use session::{check_attach, detect_source, GuestMemoryMap, Session, SessionConfig, SourcePrograms, Target};

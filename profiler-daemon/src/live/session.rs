@@ -1,0 +1,383 @@
+//! The live Session: kvmprof's eBPF programs loaded and attached for a set of targets, with
+//! the in-kernel maps readable at any moment ([`Session::snapshot`]) and read one last time
+//! when it ends ([`Session::finish`]). `record`, `top` and `serve` are loops around it.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::raw_trace_point::RawTracePointLinkId;
+use aya::programs::{RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::guest::GuestMemMap;
+use profiler_common::{counter, globals, maps, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
+
+use super::error::LiveError;
+use super::targets::thread_alive;
+use super::tracefs::EventFormat;
+use crate::model::aggregate::Aggregate;
+use crate::model::{Meta, Profile, Source, ThreadInfo};
+
+/// The eBPF object, built by build.rs from `profiler-ebpf/` (empty with KVMPROF_SKIP_EBPF=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf.o"));
+
+/// Which programs each exit source attaches.
+pub trait SourcePrograms {
+    /// Classic tracepoints (all in the `kvm` system) whose programs this source attaches;
+    /// each program has the tracepoint's name.
+    fn tracepoints(self) -> &'static [&'static str];
+    /// Raw-tracepoint programs attached for the whole session: `(program, tracepoint)`.
+    fn raw_programs(self) -> &'static [(&'static str, &'static str)];
+    /// Raw-tracepoint programs that note each vCPU thread's `struct kvm_vcpu *`, attached
+    /// only until every vCPU thread's pointer is cached ([`Session::poll`]).
+    fn vcpu_programs(self) -> &'static [(&'static str, &'static str)];
+    /// Everything attached, for messages.
+    fn attach_points(self) -> Vec<String>;
+}
+
+impl SourcePrograms for Source {
+    fn tracepoints(self) -> &'static [&'static str] {
+        match self {
+            Source::Hw => &["kvm_exit", "kvm_entry"],
+            // Raw tracepoints only: a classic one costs the event's TP_fast_assign and a
+            // perf-buffer record on top of the program.
+            Source::Emulated => &[],
+        }
+    }
+
+    fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Source::Hw => &[("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
+            Source::Emulated => &[
+                ("kvm_pio", "kvm_pio"),
+                ("kvm_mmio", "kvm_mmio"),
+                ("kvm_userspace_exit", "kvm_userspace_exit"),
+                ("kvm_fpu", "kvm_fpu"),
+            ],
+        }
+    }
+
+    // (fentry/tp_btf would be the BTF-typed choice, but BPF_PROG_TYPE_TRACING is not available
+    // on every kernel, e.g. not on this PVM host.)
+    fn vcpu_programs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Source::Hw => &[("vcpu_of_exit", "kvm_exit")],
+            Source::Emulated => &[("vcpu_of_insn", "kvm_emulate_insn")],
+        }
+    }
+
+    fn attach_points(self) -> Vec<String> {
+        let mut v: Vec<String> = self.tracepoints().iter().map(|t| t.to_string()).collect();
+        for (_, tp) in self.vcpu_programs().iter().chain(self.raw_programs()) {
+            v.push(format!("{tp} (raw)"));
+        }
+        v
+    }
+}
+
+/// The exit source this host has: `kvm_exit` fires on VMX/SVM hosts; elsewhere (PVM, or no
+/// hardware support) KVM runs the guest through its emulator and only the emulated source
+/// sees exits.
+pub fn detect_source() -> Source {
+    let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
+    if loaded("kvm_intel") || loaded("kvm_amd") {
+        Source::Hw
+    } else {
+        Source::Emulated
+    }
+}
+
+/// Whose exits a session counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One VMM process (a PID given by the user, or a command started for the session).
+    Process(u32),
+    /// Every process on the host.
+    AllVms,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub source: Source,
+    pub target: Target,
+    /// Also stream every exit (start, duration) through the ring buffer.
+    pub records: bool,
+    /// The command line of the target, for the profile's metadata.
+    pub command: Option<Vec<String>>,
+}
+
+pub struct Session {
+    cfg: SessionConfig,
+    ebpf: Option<Ebpf>,
+    control: Array<MapData, u32>,
+    exits: PerCpuHashMap<MapData, ExitKey, ExitStats>,
+    threads: HashMap<MapData, u32, ThreadState>,
+    counters: PerCpuArray<MapData, u64>,
+    records: Option<RingBuf<MapData>>,
+    guest_memory: Option<HashMap<MapData, u32, GuestMemMap>>,
+    drained: Vec<ExitRecord>,
+    /// The vcpu-noting raw tracepoints, attached only while needed (see [`Session::poll`]).
+    vcpu_links: Vec<(&'static str, &'static str, Option<RawTracePointLinkId>)>,
+    /// Every thread seen so far, kept after it ends (marked `ended`).
+    known_threads: BTreeMap<u32, ThreadInfo>,
+    start_unix_ns: u64,
+}
+
+fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LiveError> {
+    let prog = ebpf.program_mut(name).ok_or(LiveError::MissingInObject { kind: "program", name })?;
+    prog.try_into().map_err(|source| LiveError::Verify { program: name, source })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LiveError> {
+    ebpf.take_map(name).ok_or(LiveError::MissingInObject { kind: "map", name })
+}
+
+fn kernel_fact<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: &'static str) -> impl FnOnce(E) -> LiveError {
+    move |e| LiveError::Kernel { what, source: e.into() }
+}
+
+pub fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Write access to the in-kernel `GUEST_MEMORY` map, movable to the thread that waits for a
+/// VMM's memory map.
+pub struct GuestMemoryMap(HashMap<MapData, u32, GuestMemMap>);
+
+impl GuestMemoryMap {
+    /// From now on, exits of process `tgid` get callers read through `map`.
+    pub fn set(&mut self, tgid: u32, map: &GuestMemMap) -> Result<(), LiveError> {
+        self.0.insert(tgid, map, 0).map_err(|source| LiveError::WriteMap { map: maps::GUEST_MEMORY, source })
+    }
+}
+
+impl Session {
+    /// Loads the programs of `cfg.source`, attaches them, and opens the counted window.
+    pub fn start(tracefs: &Path, cfg: SessionConfig) -> Result<Session, LiveError> {
+        if env!("KVMPROF_EBPF_BUILT") != "1" {
+            return Err(LiveError::NoEbpfObject);
+        }
+        let mut offsets = Vec::new();
+        for (global, event, field) in FIELD_GLOBALS {
+            let fmt = EventFormat::read(tracefs, "kvm", event).map_err(kernel_fact("cannot read a KVM tracepoint's format"))?;
+            offsets.push((*global, fmt.offset(field).map_err(kernel_fact("a KVM tracepoint lacks a field kvmprof reads"))?));
+        }
+        let target_tgid = match cfg.target {
+            Target::Process(pid) => pid,
+            Target::AllVms => 0,
+        };
+        let hw = (cfg.source == Source::Hw) as u8;
+        let stream = cfg.records as u8;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(globals::TARGET_TGID, &target_tgid, true)
+            .override_global(globals::STREAM_RECORDS, &stream, true)
+            .override_global(globals::HW_SOURCE, &hw, true);
+        for (name, off) in &offsets {
+            loader.override_global(name, off, true);
+        }
+        // struct kvm_vcpu offsets from this kernel's BTF (see profiler_common::VCPU_GLOBALS).
+        let kbtf = super::btf::Btf::from_file(Path::new(super::btf::VMLINUX_BTF)).map_err(kernel_fact("cannot read the kernel's BTF"))?;
+        let vcpu_offsets = super::btf::vcpu_offsets(&kbtf).map_err(kernel_fact("caller attribution needs struct kvm_vcpu in the kernel's BTF"))?;
+        for (name, off) in &vcpu_offsets {
+            loader.override_global(name, off, true);
+        }
+        // struct x86_emulate_ctxt offsets (the emulated source's RIP) and PVM's CS base.
+        let emu_offsets =
+            super::btf::emulator_offsets(&kbtf).map_err(kernel_fact("the emulated source needs struct x86_emulate_ctxt in the kernel's BTF"))?;
+        for (name, off) in &emu_offsets {
+            loader.override_global(name, off, true);
+        }
+        if !cfg.records {
+            // The ring buffer is never written: don't pin 16 MiB of kernel memory for it.
+            loader.map_max_entries(maps::RECORDS, 4096);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| LiveError::Load { source })?;
+
+        for tp in cfg.source.tracepoints() {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(tp)
+                .ok_or(LiveError::MissingInObject { kind: "program", name: tp })?
+                .try_into()
+                .map_err(|source| LiveError::Verify { program: tp, source })?;
+            prog.load().map_err(|source| LiveError::Verify { program: tp, source })?;
+            prog.attach("kvm", tp).map_err(|source| LiveError::Attach { program: tp, tracepoint: format!("tracepoint kvm:{tp}"), source })?;
+        }
+        for (name, tp) in cfg.source.raw_programs() {
+            let prog = raw_program(&mut ebpf, name)?;
+            prog.load().map_err(|source| LiveError::Verify { program: name, source })?;
+            prog.attach(tp).map_err(|source| LiveError::Attach { program: name, tracepoint: format!("raw tracepoint {tp}"), source })?;
+        }
+        // Attached after the classic programs, so on a shared tracepoint they run second.
+        let mut vcpu_links = Vec::new();
+        for (name, tp) in cfg.source.vcpu_programs() {
+            let prog = raw_program(&mut ebpf, name)?;
+            prog.load().map_err(|source| LiveError::Verify { program: name, source })?;
+            let link = prog.attach(tp).map_err(|source| LiveError::Attach { program: name, tracepoint: format!("raw tracepoint {tp}"), source })?;
+            vcpu_links.push((*name, *tp, Some(link)));
+        }
+
+        let map_type = |map: &'static str| move |source| LiveError::MapType { map, source };
+        let exits = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::EXITS)?).map_err(map_type(maps::EXITS))?;
+        let threads = HashMap::try_from(take_map(&mut ebpf, maps::THREADS)?).map_err(map_type(maps::THREADS))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, maps::COUNTERS)?).map_err(map_type(maps::COUNTERS))?;
+        let records = if cfg.records { Some(RingBuf::try_from(take_map(&mut ebpf, maps::RECORDS)?).map_err(map_type(maps::RECORDS))?) } else { None };
+        let guest_memory = Some(HashMap::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY)?).map_err(map_type(maps::GUEST_MEMORY))?);
+        let mut control = Array::try_from(take_map(&mut ebpf, maps::CONTROL)?).map_err(map_type(maps::CONTROL))?;
+        // Every program is attached: open the counted window.
+        control.set(0, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
+        Ok(Session {
+            cfg,
+            ebpf: Some(ebpf),
+            control,
+            exits,
+            threads,
+            counters,
+            records,
+            guest_memory,
+            drained: Vec::new(),
+            vcpu_links,
+            known_threads: BTreeMap::new(),
+            start_unix_ns: unix_ns(),
+        })
+    }
+
+    pub fn source(&self) -> Source {
+        self.cfg.source
+    }
+
+    pub fn target(&self) -> Target {
+        self.cfg.target
+    }
+
+    /// The writer of the in-kernel guest memory maps (once; later calls get `None`).
+    pub fn guest_memory(&mut self) -> Option<GuestMemoryMap> {
+        self.guest_memory.take().map(GuestMemoryMap)
+    }
+
+    /// Call often (every 20 ms or so) while the session runs: moves streamed records out of
+    /// the ring buffer before it fills, and detaches the per-instruction vcpu-noting program
+    /// once every vCPU thread's `struct kvm_vcpu *` is cached in its thread state (measured:
+    /// ~60 ns per emulated instruction saved, about 5% of a run on PVM). It is attached again
+    /// when a thread without one appears (a vCPU started later).
+    pub fn poll(&mut self) {
+        self.drain_records();
+        let mut seen = false;
+        let mut missing = false;
+        for (_, state) in self.threads.iter().flatten() {
+            seen = true;
+            missing |= state.vcpu_ptr == 0;
+        }
+        let want = !seen || missing;
+        let Some(ebpf) = self.ebpf.as_mut() else { return };
+        for (name, tp, link) in &mut self.vcpu_links {
+            let Ok(prog) = raw_program(ebpf, name) else { continue };
+            match (want, link.take()) {
+                (false, Some(l)) => {
+                    let _ = prog.detach(l);
+                }
+                (true, None) => *link = prog.attach(*tp).ok(),
+                (_, l) => *link = l,
+            }
+        }
+    }
+
+    fn drain_records(&mut self) {
+        let Some(rb) = &mut self.records else { return };
+        while let Some(item) = rb.next() {
+            if item.len() >= std::mem::size_of::<ExitRecord>() {
+                // SAFETY: the program writes whole ExitRecords (plain integers, any bit
+                // pattern valid); read_unaligned tolerates the ring buffer's alignment.
+                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) };
+                self.drained.push(rec);
+            }
+        }
+    }
+
+    /// The profile so far: the per-CPU maps summed, read while every program stays attached
+    /// and nothing is reset. Exits still in progress are not in it (they are in the next one).
+    pub fn snapshot(&mut self) -> Result<Profile, LiveError> {
+        self.drain_records();
+        let mut agg = Aggregate::new(self.records.is_some());
+        if let Some(r) = &mut agg.records {
+            r.extend_from_slice(&self.drained);
+        }
+        self.collect(agg, false)
+    }
+
+    /// Closes the counted window, detaches every program, and returns the final profile,
+    /// exits still open charged with the time measured until now.
+    pub fn finish(mut self) -> Result<Profile, LiveError> {
+        // Close the window before the programs detach one by one.
+        self.control.set(0, 0, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
+        drop(self.ebpf.take());
+        self.drain_records();
+        let mut agg = Aggregate::new(self.records.is_some());
+        if let Some(r) = &mut agg.records {
+            r.append(&mut self.drained);
+        }
+        self.collect(agg, true)
+    }
+
+    fn collect(&mut self, mut agg: Aggregate, finishing: bool) -> Result<Profile, LiveError> {
+        let read = |source| LiveError::ReadMap { map: maps::EXITS, source };
+        for item in self.exits.iter() {
+            let (key, per_cpu) = item.map_err(read)?;
+            for stats in per_cpu.iter() {
+                agg.merge(key, stats);
+            }
+        }
+        let mut states: Vec<ThreadState> = Vec::new();
+        for item in self.threads.iter() {
+            let (tid, state) = item.map_err(|source| LiveError::ReadMap { map: maps::THREADS, source })?;
+            self.known_threads.entry(tid).or_insert_with(|| ThreadInfo::from_comm(state.tgid, &state.comm));
+            states.push(state);
+        }
+        for (tid, info) in self.known_threads.iter_mut() {
+            info.ended |= !thread_alive(info.tgid, *tid);
+        }
+        if finishing {
+            agg.finish_threads(states.iter_mut());
+        }
+        let count = |i: u32| -> Result<u64, LiveError> {
+            let v = self.counters.get(&i, 0).map_err(|source| LiveError::ReadMap { map: maps::COUNTERS, source })?;
+            Ok(v.iter().sum())
+        };
+        let meta = Meta {
+            source: self.cfg.source,
+            origin: "live".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            host: read_trimmed("/proc/sys/kernel/hostname"),
+            start_unix_ns: self.start_unix_ns,
+            end_unix_ns: unix_ns(),
+            pid: match self.cfg.target {
+                Target::Process(p) => Some(p),
+                Target::AllVms => None,
+            },
+            command: self.cfg.command.clone(),
+            command_status: None,
+            records_requested: self.cfg.records,
+            records_dropped: count(counter::RECORDS_DROPPED)?,
+            exit_keys_full: count(counter::EXIT_KEYS_FULL)?,
+            threads_full: count(counter::THREADS_FULL)?,
+            unfinished_exits: 0,
+        };
+        // A key no kvmprof program writes would be a bug in the programs: count it as lost.
+        let (mut profile, undecodable) = agg.into_profile(meta, self.known_threads.clone());
+        profile.meta.exit_keys_full += undecodable as u64;
+        Ok(profile)
+    }
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+/// Loads and attaches the programs of `source` without counting anything: proves they pass
+/// the verifier and that the tracepoints exist on this kernel.
+pub fn check_attach(tracefs: &Path, source: Source) -> Result<(), LiveError> {
+    let cfg = SessionConfig { source, target: Target::Process(u32::MAX), records: true, command: None };
+    drop(Session::start(tracefs, cfg)?);
+    Ok(())
+}

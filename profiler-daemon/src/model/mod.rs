@@ -1,0 +1,10 @@
+//! The typed data: exits as numbers, profiles, the recording file, and the user-space half of
+//! the aggregation. Nothing here formats a number for a person: that is `render`'s job.
+pub mod aggregate;
+pub mod exit;
+pub mod profile;
+pub mod reasons;
+pub mod recording;
+
+pub use exit::{Access, Direction, Exit, Isa, Reason, Source};
+pub use profile::{Meta, Profile, Record, ThreadInfo};

@@ -1,0 +1,104 @@
+//! A profile: every exit site of a recording, a live snapshot or an import, with what is known
+//! of the run and its threads. What `Session::snapshot()`/`finish()` return, what a recording
+//! file holds, and what every analysis takes.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::exit::{Exit, Source};
+
+/// How and where the exits were collected, and what was lost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    pub source: Source,
+    /// `live`, `import:ftrace` or `import:perf-script`.
+    pub origin: String,
+    pub tool_version: String,
+    pub kernel: String,
+    pub host: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// The traced process, when one was (not for "every VM").
+    pub pid: Option<u32>,
+    pub command: Option<Vec<String>>,
+    pub command_status: Option<i32>,
+    pub records_requested: bool,
+    /// Records the ring buffer had no room for (they are in the totals).
+    pub records_dropped: u64,
+    /// Exits not counted because the in-kernel exit map was full.
+    pub exit_keys_full: u64,
+    /// Events ignored because the in-kernel thread map was full.
+    pub threads_full: u64,
+    /// Exits still open when recording stopped (e.g. a final HLT), charged with the time
+    /// measured until then.
+    pub unfinished_exits: u64,
+}
+
+/// A traced thread (a vCPU thread of a VMM).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ThreadInfo {
+    pub tgid: u32,
+    pub comm: String,
+    pub vcpu: Option<u32>,
+    /// The thread had exited when the profile was taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
+}
+
+impl ThreadInfo {
+    /// Names a thread from its kernel `comm`; the vCPU index is read from the names VMMs give
+    /// their vCPU threads: tinyvmm's `vcpu0`, QEMU's `CPU 0/KVM`.
+    pub fn from_comm(tgid: u32, comm: &[u8]) -> ThreadInfo {
+        let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+        let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+        let vcpu = comm
+            .strip_prefix("vcpu")
+            .or_else(|| comm.strip_prefix("CPU ").and_then(|r| r.strip_suffix("/KVM")))
+            .and_then(|n| n.parse().ok());
+        ThreadInfo { tgid, comm, vcpu, ended: false }
+    }
+}
+
+/// One streamed exit (`record --records`): when it began, how long it took, and its site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// CLOCK_MONOTONIC ns (live) or the trace's timestamp (import).
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// Index into [`Profile::exits`].
+    pub exit: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    pub meta: Meta,
+    pub threads: BTreeMap<u32, ThreadInfo>,
+    pub exits: Vec<Exit>,
+    /// Every exit in order, when records were asked for.
+    pub records: Option<Vec<Record>>,
+}
+
+impl Profile {
+    pub fn total_exits(&self) -> u64 {
+        self.exits.iter().map(|e| e.stats.count).sum()
+    }
+
+    pub fn total_time_ns(&self) -> u64 {
+        self.exits.iter().map(|e| e.stats.total_ns).sum()
+    }
+
+    /// The vCPU index of an exit: from the tracepoint, else from its thread's name.
+    pub fn vcpu_of(&self, e: &Exit) -> Option<u32> {
+        e.vcpu.or_else(|| self.threads.get(&e.tid).and_then(|t| t.vcpu))
+    }
+
+    /// The same profile restricted to the exits `keep` selects (records dropped).
+    pub fn filtered(&self, keep: impl Fn(&Exit) -> bool) -> Profile {
+        Profile {
+            meta: self.meta.clone(),
+            threads: self.threads.clone(),
+            exits: self.exits.iter().filter(|e| keep(e)).cloned().collect(),
+            records: None,
+        }
+    }
+}

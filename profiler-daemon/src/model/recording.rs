@@ -1,0 +1,236 @@
+//! The recording file written by `kvmprof record` and `kvmprof import`: a [`Profile`] on disk.
+//!
+//! Format (JSON, one object; `version` is bumped on any incompatible change):
+//! ```text
+//! { "format": "kvmprof-recording", "version": 2,
+//!   "meta":    { "source": "hw"|"emulated", "origin": "live"|"import:ftrace"|"import:perf-script",
+//!                "tool_version", "kernel", "host", "start_unix_ns", "end_unix_ns",
+//!                "pid": N|null, "command": [..]|null, "command_status": N|null,
+//!                "records_requested": bool, "records_dropped": N, "exit_keys_full": N,
+//!                "threads_full": N, "unfinished_exits": N },
+//!   "threads": { "<tid>": { "tgid": N, "comm": "vcpu0", "vcpu": N|null, "ended": true (optional) } },
+//!   "exits":   [ { "tgid", "tid", "vcpu": N|null, "isa": "kvm_exit"|"vmx"|"svm", "reason": N,
+//!                  "reason_name", "rip": "0x..", "detail_kind": "none"|"port_in"|"port_out"|
+//!                  "mmio_read"|"mmio_write", "detail": "0x..", "count", "total_ns",
+//!                  "hist": [[bucket, count], ...] (non-empty buckets of the log-linear
+//!                          histogram, profiler_common::hist_bucket),
+//!                  "caller_rip": "0x.."|null (optional; null/absent = unknown caller) } ],
+//!   "records": [ [start_ns, duration_ns, index into "exits"], ... ] | null }
+//! ```
+//! Version 1 (kvmprof before the log-linear histogram) is still read: its `hist` is 32 counts
+//! of log2 buckets (bucket i = [2^i, 2^(i+1)) ns), each moved to the log-linear bucket holding
+//! the value version 1 reported for it (its geometric midpoint), so old percentiles read as
+//! they printed then.
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use profiler_common::{detail, hist_bucket_of_legacy, ExitStats, HIST_BUCKETS, LEGACY_LOG2_BUCKETS};
+use serde::{Deserialize, Serialize};
+
+use super::exit::{Access, Exit, Isa, Reason};
+use super::profile::{Meta, Profile, Record, ThreadInfo};
+use profiler_common::parse_hex;
+
+pub const FORMAT: &str = "kvmprof-recording";
+pub const VERSION: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("cannot write recording {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{path} is truncated (it ends at byte {len} in the middle of the data): the recording was cut short; record it again")]
+    Truncated { path: String, len: u64 },
+    #[error("{path} is not a kvmprof recording: {why}")]
+    NotARecording { path: String, why: String },
+    #[error("{path} is recording format version {found}, newer than this kvmprof reads (up to {VERSION}): upgrade kvmprof")]
+    NewerVersion { path: String, found: u64 },
+    #[error("{path} is a corrupt kvmprof recording: {why}")]
+    Corrupt { path: String, why: String },
+}
+
+/// The file's exit row: numbers as the format spells them (hex strings, names).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExitRow {
+    tgid: u32,
+    tid: u32,
+    vcpu: Option<u32>,
+    isa: String,
+    reason: u32,
+    reason_name: String,
+    rip: String,
+    detail_kind: String,
+    detail: String,
+    count: u64,
+    total_ns: u64,
+    /// Version 2: `[[bucket, count], ...]`; version 1: 32 log2 counts.
+    hist: serde_json::Value,
+    #[serde(default)]
+    caller_rip: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct File {
+    format: String,
+    version: u32,
+    meta: Meta,
+    threads: BTreeMap<u32, ThreadInfo>,
+    exits: Vec<ExitRow>,
+    records: Option<Vec<[u64; 3]>>,
+}
+
+const DETAIL_KINDS: &[(u8, &str)] = &[
+    (detail::NONE, "none"),
+    (detail::PORT_IN, "port_in"),
+    (detail::PORT_OUT, "port_out"),
+    (detail::MMIO_READ, "mmio_read"),
+    (detail::MMIO_WRITE, "mmio_write"),
+];
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+impl ExitRow {
+    fn new(e: &Exit) -> ExitRow {
+        let (kind, value) = e.access.to_detail();
+        let hist: Vec<[u64; 2]> =
+            e.stats.hist.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| [i as u64, *c]).collect();
+        ExitRow {
+            tgid: e.tgid,
+            tid: e.tid,
+            vcpu: e.vcpu,
+            isa: e.reason.isa.name().to_string(),
+            reason: e.reason.code,
+            reason_name: e.reason.name(),
+            rip: hex(e.rip),
+            detail_kind: DETAIL_KINDS.iter().find(|(k, _)| *k == kind).map_or("none", |(_, n)| n).to_string(),
+            detail: hex(value),
+            count: e.stats.count,
+            total_ns: e.stats.total_ns,
+            hist: serde_json::to_value(hist).unwrap_or_default(),
+            caller_rip: e.caller.map(hex),
+        }
+    }
+
+    fn decode(&self, i: usize, version: u32) -> Result<Exit, String> {
+        let bad = |what: &str| format!("exit {i}: bad {what}");
+        let isa = Isa::from_name(&self.isa).ok_or_else(|| bad("isa"))?;
+        let kind = DETAIL_KINDS.iter().find(|(_, n)| *n == self.detail_kind).map(|(k, _)| *k).ok_or_else(|| bad("detail_kind"))?;
+        let rip = parse_hex(&self.rip).ok_or_else(|| bad("rip"))?;
+        let value = parse_hex(&self.detail).ok_or_else(|| bad("detail"))?;
+        let access = Access::from_detail(kind, value).map_err(|e| format!("exit {i}: {e}"))?;
+        let caller = match &self.caller_rip {
+            Some(c) => Some(parse_hex(c).ok_or_else(|| bad("caller_rip"))?),
+            None => None,
+        };
+        let hist = if version < 2 { legacy_hist(&self.hist) } else { sparse_hist(&self.hist) }.map_err(|e| format!("exit {i}: {e}"))?;
+        let in_hist = hist.iter().try_fold(0u64, |a, b| a.checked_add(*b));
+        if in_hist != Some(self.count) {
+            return Err(format!("exit {i}: histogram counts do not add up to count {}", self.count));
+        }
+        Ok(Exit {
+            tgid: self.tgid,
+            tid: self.tid,
+            vcpu: self.vcpu,
+            reason: Reason { isa, code: self.reason },
+            rip,
+            access,
+            caller,
+            stats: ExitStats { count: self.count, total_ns: self.total_ns, hist },
+        })
+    }
+}
+
+fn sparse_hist(v: &serde_json::Value) -> Result<[u64; HIST_BUCKETS], String> {
+    let pairs: Vec<[u64; 2]> = serde_json::from_value(v.clone()).map_err(|_| "histogram is not [[bucket, count], ...]".to_string())?;
+    let mut hist = [0u64; HIST_BUCKETS];
+    for [b, c] in pairs {
+        let slot = usize::try_from(b).ok().and_then(|b| hist.get_mut(b)).ok_or_else(|| format!("histogram bucket {b} is out of range"))?;
+        *slot = slot.checked_add(c).ok_or("histogram count overflows")?;
+    }
+    Ok(hist)
+}
+
+fn legacy_hist(v: &serde_json::Value) -> Result<[u64; HIST_BUCKETS], String> {
+    let counts: Vec<u64> = serde_json::from_value(v.clone()).map_err(|_| "histogram is not a list of counts".to_string())?;
+    if counts.len() != LEGACY_LOG2_BUCKETS {
+        return Err(format!("histogram has {} buckets, expected {LEGACY_LOG2_BUCKETS}", counts.len()));
+    }
+    let mut hist = [0u64; HIST_BUCKETS];
+    for (i, c) in counts.into_iter().enumerate() {
+        let slot = &mut hist[hist_bucket_of_legacy(i)];
+        *slot = slot.checked_add(c).ok_or("histogram count overflows")?;
+    }
+    Ok(hist)
+}
+
+/// Writes to a temporary file beside `path`, then renames: a crash never leaves half a file,
+/// and an older file at `path` survives a failed write (full disk).
+pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
+    let file = File {
+        format: FORMAT.into(),
+        version: VERSION,
+        meta: profile.meta.clone(),
+        threads: profile.threads.clone(),
+        exits: profile.exits.iter().map(ExitRow::new).collect(),
+        records: profile.records.as_ref().map(|rs| rs.iter().map(|r| [r.start_ns, r.duration_ns, r.exit as u64]).collect()),
+    };
+    let tmp = path.with_extension("kvmprof-tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        serde_json::to_writer(&mut f, &file)?;
+        f.write_all(b"\n")?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        RecordingError::Write { path: path.display().to_string(), source }
+    })
+}
+
+pub fn load(path: &Path) -> Result<Profile, RecordingError> {
+    let p = path.display().to_string();
+    let bytes = fs::read(path).map_err(|source| RecordingError::Io { path: p.clone(), source })?;
+    from_bytes(&bytes, &p)
+}
+
+/// Decodes a recording held in memory; `p` names it in errors.
+pub fn from_bytes(bytes: &[u8], p: &str) -> Result<Profile, RecordingError> {
+    // Parse untyped first, so the format and version are checked before any field is.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            RecordingError::NotARecording { path: p.into(), why: "the file is empty".into() }
+        } else if e.is_eof() {
+            RecordingError::Truncated { path: p.into(), len: bytes.len() as u64 }
+        } else {
+            RecordingError::NotARecording { path: p.into(), why: format!("not JSON ({e})") }
+        }
+    })?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(RecordingError::NotARecording { path: p.into(), why: format!("no \"format\": \"{FORMAT}\" field") });
+    }
+    let corrupt = |why: String| RecordingError::Corrupt { path: p.into(), why };
+    let version = value.get("version").and_then(|v| v.as_u64()).ok_or_else(|| corrupt("no version".into()))?;
+    if version > VERSION as u64 {
+        return Err(RecordingError::NewerVersion { path: p.into(), found: version });
+    }
+    let file: File = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+    let exits = file.exits.iter().enumerate().map(|(i, row)| row.decode(i, version as u32)).collect::<Result<Vec<_>, _>>().map_err(corrupt)?;
+    let records = match file.records {
+        None => None,
+        Some(rs) => Some(
+            rs.iter()
+                .map(|r| match usize::try_from(r[2]).ok().filter(|i| *i < exits.len()) {
+                    Some(exit) => Ok(Record { start_ns: r[0], duration_ns: r[1], exit }),
+                    None => Err(corrupt(format!("a record points at exit {} of {}", r[2], exits.len()))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Profile { meta: file.meta, threads: file.threads, exits, records })
+}

@@ -1,0 +1,111 @@
+//! The live Session on real guests: `snapshot()` reads the in-kernel maps while every program
+//! stays attached, `finish()` gives the rest; VMs started after the session are picked up and
+//! their ended threads marked. Needs root, KVM, BPF and tracefs: fails without them.
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use common::*;
+use kvm_exit_loop::ExitLoopGuest;
+use profiler_daemon::live::{self, detect_source, Session, SessionConfig, Target};
+use profiler_daemon::model::Profile;
+
+/// Exits counted at `rip`.
+fn at(p: &Profile, rip: u64) -> u64 {
+    p.exits.iter().filter(|e| e.rip == rip).map(|e| e.stats.count).sum()
+}
+
+/// The BPF links this test process holds, as the kernel lists them in /proc/self/fdinfo:
+/// `(link id, program id)`. A detached program's link is gone from the list.
+fn our_links() -> BTreeSet<(u64, u64)> {
+    let mut links = BTreeSet::new();
+    for fd in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(link), Some(prog)) = (field("link_id:"), field("prog_id:")) {
+            links.insert((link, prog));
+        }
+    }
+    links
+}
+
+/// The tests of this file run one at a time: each counts the BPF links of this process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start(target: Target) -> Session {
+    let tfs = live::tracefs::ensure_mounted().expect("tracefs");
+    Session::start(&tfs, SessionConfig { source: detect_source(), target, records: false, command: None }).expect("load and attach")
+}
+
+#[test]
+fn snapshot_during_a_pause_shows_exactly_the_exits_so_far() {
+    require_live();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const N: u32 = 2500;
+    const M: u32 = 1700;
+    let mut child = Command::new(exit_loop())
+        .args(["--outs", &N.to_string(), "--pause-then-outs", &M.to_string(), "--wait-for-go"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kvm-exit-loop");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut expect_line = |want: &str| {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), want, "kvm-exit-loop said {line:?}");
+    };
+    expect_line("ready");
+    let mut session = start(Target::Process(child.id()));
+    writeln!(stdin, "go").unwrap();
+    expect_line("paused");
+
+    let links = our_links();
+    assert!(links.len() >= 3, "the exit programs are attached: {links:?}");
+    let snap = session.snapshot().expect("snapshot");
+    assert_eq!(our_links(), links, "snapshot() detached or attached a program");
+    let guest = ExitLoopGuest::paused(N, M, 0x80);
+    assert_eq!(at(&snap, guest.out_rip), N as u64, "snapshot during the pause: {:?}", snap.exits);
+    assert_eq!(at(&snap, guest.hlt_rip), 0, "the guest has not halted yet");
+    // A second snapshot changes nothing while the guest is paused: reading resets nothing.
+    assert_eq!(at(&session.snapshot().unwrap(), guest.out_rip), N as u64);
+
+    writeln!(stdin, "go").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "kvm-exit-loop failed: {status}");
+    assert_eq!(our_links(), links, "nothing was detached before finish()");
+    let fin = session.finish().expect("finish");
+    assert!(our_links().is_empty(), "finish() detaches every program: {:?}", our_links());
+    assert_eq!(at(&fin, guest.out_rip), (N + M) as u64, "{:?}", fin.exits);
+    assert_eq!(at(&fin, guest.pause_rip), 2, "two reads of the pause port");
+    assert_eq!(at(&fin, guest.hlt_rip), 1);
+    assert_eq!(fin.total_exits(), (N + M + 3) as u64);
+}
+
+#[test]
+fn a_host_wide_session_picks_up_a_vm_started_later_and_marks_its_thread_ended() {
+    require_live();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut session = start(Target::AllVms);
+    let before = session.snapshot().unwrap();
+    let o = Command::new(exit_loop()).args(["--outs", "777"]).output().expect("kvm-exit-loop");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let out_rip = u64::from_str_radix(stats["out_rip"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let snap = session.snapshot().unwrap();
+    let fin = session.finish().unwrap();
+    // Other VMs may run on the host meanwhile: look only at the new process's exits.
+    let vm_pid = fin.exits.iter().filter(|e| e.rip == out_rip && e.stats.count == 777).map(|e| e.tgid).next();
+    let vm_pid = vm_pid.unwrap_or_else(|| panic!("no exit site with the guest's 777 outs: {:?}", fin.exits));
+    assert!(!before.exits.iter().any(|e| e.tgid == vm_pid), "the VM did not exist before");
+    let mine: Vec<_> = snap.exits.iter().filter(|e| e.tgid == vm_pid).collect();
+    assert_eq!(mine.iter().filter(|e| e.rip == out_rip).map(|e| e.stats.count).sum::<u64>(), 777);
+    let threads: Vec<_> = snap.threads.values().filter(|t| t.tgid == vm_pid).collect();
+    assert_eq!(threads.len(), 1, "one vCPU thread: {:?}", snap.threads);
+    assert!(threads[0].ended, "the VM has exited, so its thread is marked ended: {:?}", threads[0]);
+    assert_eq!(fin.meta.pid, None, "a host-wide session has no single PID");
+}
