@@ -45,6 +45,24 @@ impl ExitLoopGuest {
         ExitLoopGuest { code: c, out_rip, in_rip, pause_rip: 0, hlt_rip, outs_after_pause: 0 }
     }
 
+    /// N `out`s to N successive ports from `first_port` (wrapping), one at a time, then `hlt`:
+    /// N distinct exit keys, for measuring what reading the in-kernel maps costs per key.
+    /// `mov ecx, N; mov dx, first; l: out dx, al; inc dx; dec ecx; jnz l; hlt`.
+    pub fn sweep(ports: u32, first_port: u16) -> ExitLoopGuest {
+        let mut c = vec![0x66, 0xB9]; // mov ecx, imm32
+        c.extend_from_slice(&ports.to_le_bytes());
+        c.push(0xBA); // mov dx, imm16
+        c.extend_from_slice(&first_port.to_le_bytes());
+        let out_rip = LOAD_ADDR + c.len() as u64;
+        c.push(0xEE); // out dx, al
+        c.push(0x42); // inc dx
+        c.extend_from_slice(&[0x66, 0x49]); // dec ecx
+        c.extend_from_slice(&[0x75, 0xFA]); // jnz -6: back to out
+        let hlt_rip = LOAD_ADDR + c.len() as u64;
+        c.push(0xF4);
+        ExitLoopGuest { code: c, out_rip, in_rip: 0, pause_rip: 0, hlt_rip, outs_after_pause: 0 }
+    }
+
     /// `mov ecx, N; again: mov dx, port; test ecx, ecx; jz pause; l: out dx, al; dec ecx; jnz l;
     /// pause: mov dx, PAUSE_PORT; in eax, dx; mov ecx, eax; test ecx, ecx; jnz again; hlt`.
     pub fn paused(before: u32, after: u32, out_port: u16) -> ExitLoopGuest {

@@ -5,9 +5,12 @@ mod common;
 use std::collections::HashMap;
 
 use profiler_common::guest::{self, GuestMemMap, MemRegion, Paging};
-use profiler_daemon::guest_memory::{walk_frames, MemoryMap};
-use profiler_daemon::recording::Recording;
-use profiler_daemon::report::{self, GroupBy};
+use profiler_common::{hist_bucket, hist_bucket_value};
+use profiler_daemon::analysis::report::{self, Caller, GroupBy, Note};
+use profiler_daemon::live::btf;
+use profiler_daemon::live::guest_memory::{walk_frames, MemoryMap};
+use profiler_daemon::model::{recording, Profile};
+use profiler_daemon::render::report::{note_text, render, Format};
 
 const CR0_PG: u64 = 1 << 31;
 const EFER_LMA: u64 = 1 << 10;
@@ -138,28 +141,31 @@ fn memory_map_files_parse_like_tinyvmm_writes_them_and_garbage_is_refused() {
 
 #[test]
 fn vcpu_register_offsets_come_from_this_kernels_btf() {
-    let btf = profiler_daemon::btf::Btf::from_file(std::path::Path::new(profiler_daemon::btf::VMLINUX_BTF))
+    let btf = btf::Btf::from_file(std::path::Path::new(btf::VMLINUX_BTF))
         .expect("/sys/kernel/btf/vmlinux is required (kernel built with CONFIG_DEBUG_INFO_BTF)");
-    let offs: HashMap<_, _> = profiler_daemon::btf::vcpu_offsets(&btf).expect("struct kvm_vcpu in BTF").into_iter().collect();
+    let offs: HashMap<_, _> = btf::vcpu_offsets(&btf).expect("struct kvm_vcpu in BTF").into_iter().collect();
     let (arch, _) = btf.member("kvm_vcpu", "arch").unwrap();
     let (regs, _) = btf.member("kvm_vcpu_arch", "regs").unwrap();
     // regs[] is unsigned long[NR_VCPU_REGS]: RSP is index 4, RBP index 5.
     assert_eq!(offs["VCPU_RSP"], arch + regs + 32);
     assert_eq!(offs["VCPU_RBP"], arch + regs + 40);
     assert!(offs["VCPU_CR3"] > offs["VCPU_CR0"] && offs["VCPU_CR4"] > offs["VCPU_CR3"]);
-    assert!(profiler_daemon::btf::Btf::parse(b"not btf at all, not btf at all").is_err());
+    assert!(btf::Btf::parse(b"not btf at all, not btf at all").is_err());
 }
 
-fn recording_with_callers(rows: &[(u64, Option<u64>, u64)]) -> Recording {
+/// Every exit of these rows takes this long.
+const EXIT_NS: u64 = 1024;
+
+fn recording_with_callers(rows: &[(u64, Option<u64>, u64)]) -> Profile {
     let exits: Vec<_> = rows
         .iter()
         .map(|(rip, caller, n)| {
-            let mut hist = vec![0u64; 32];
-            hist[10] = *n;
+            // Version 2 histogram: [[bucket, count]], all n exits of EXIT_NS.
+            let hist = serde_json::json!([[hist_bucket(EXIT_NS), n]]);
             let mut v = serde_json::json!({
                 "tgid": 1, "tid": 2, "vcpu": null, "isa": "kvm_exit", "reason": 2, "reason_name": "IO",
                 "rip": format!("{rip:#x}"), "detail_kind": "port_out", "detail": "0x1f3",
-                "count": n, "total_ns": n * 1024, "hist": hist,
+                "count": n, "total_ns": n * EXIT_NS, "hist": hist,
             });
             // Recordings from before caller attribution have no "caller_rip" at all.
             if let Some(c) = caller {
@@ -185,27 +191,38 @@ fn by_caller_groups_trap_and_caller_and_counts_unknown_callers() {
         _ => None,
     };
     let rep = report::build(&rec, GroupBy::Caller, &names);
-    let rows: Vec<_> = rep.rows.iter().map(|r| (r.caller_rip.clone(), r.caller_function.clone(), r.count)).collect();
+    let rows: Vec<_> = rep.rows.iter().map(|r| (r.caller.clone(), r.count)).collect();
+    let caller = |rip: Option<u64>, function: Option<&str>| Some(Caller { rip, function: function.map(String::from) });
     assert_eq!(
         rows,
-        vec![
-            (Some("0x5008".into()), Some("caller_a".into()), 10),
-            (Some("0x6010".into()), Some("caller_b".into()), 4),
-            (None, None, 3),
-        ]
+        vec![(caller(Some(0x5008), Some("caller_a")), 10), (caller(Some(0x6010), Some("caller_b")), 4), (caller(None, None), 3)]
     );
-    assert!(rep.rows.iter().all(|r| r.function.as_deref() == Some("trap_fn")));
-    assert!(rep.notes[0].starts_with("3 of 17 exits (17.65%) have an unknown caller"), "{:?}", rep.notes);
-    let table = rep.render(report::Format::Table, None);
+    assert!(rep.rows.iter().all(|r| r.function.as_deref() == Some("trap_fn") && r.rip == Some(0x1000)));
+    assert_eq!((rep.total_exits, rep.total_time_ns), (17, 17 * EXIT_NS));
+    for r in &rep.rows {
+        // Every exit takes EXIT_NS: time, share, mean and percentiles follow exactly.
+        assert_eq!(r.time_ns, r.count * EXIT_NS);
+        assert!((r.percent - 100.0 * r.count as f64 / 17.0).abs() <= 1e-9, "{r:?}");
+        assert_eq!(r.mean_ns, EXIT_NS);
+        assert_eq!((r.p50_ns, r.p99_ns), (hist_bucket_value(hist_bucket(EXIT_NS)), hist_bucket_value(hist_bucket(EXIT_NS))));
+    }
+    assert_eq!(rep.notes, vec![Note::UnknownCallers { unknown: 3, total: 17 }]);
+    assert!(note_text(&rep.notes[0]).starts_with("3 of 17 exits (17.65%) have an unknown caller"), "{:?}", rep.notes);
+    let table = render(&rep, Format::Table, None);
     for col in ["Trap address", "Trap function", "Caller address", "Caller function", "[unknown]", "3 of 17 exits"] {
         assert!(table.contains(col), "{col} missing from:\n{table}");
     }
-    let json: serde_json::Value = serde_json::from_str(&rep.render(report::Format::Json, None)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&render(&rep, Format::Json, None)).unwrap();
     assert_eq!(json["rows"][0]["caller_rip"], "0x5008");
     assert_eq!(json["rows"][0]["caller_function"], "caller_a");
-    assert!(json["rows"][2]["caller_rip"].is_null());
-    // The caller survives a save/load round trip.
-    let text = serde_json::to_string(&rec).unwrap();
-    let again = Recording::from_bytes(text.as_bytes(), "again").unwrap();
-    assert_eq!(again.exits().iter().map(|e| e.key.caller).collect::<Vec<_>>(), vec![0x5008, 0x6010, 0]);
+    assert_eq!(json["rows"][1]["caller_rip"], "0x6010");
+    assert_eq!(json["rows"][1]["caller_function"], "caller_b");
+    assert!(json["rows"][2]["caller_rip"].is_null() && json["rows"][2]["caller_function"].is_null());
+    // The caller survives a save/load round trip, and so does everything else.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.kvmprof");
+    recording::save(&rec, &path).unwrap();
+    let again = recording::load(&path).unwrap();
+    assert_eq!(again.exits.iter().map(|e| e.caller).collect::<Vec<_>>(), vec![Some(0x5008), Some(0x6010), None]);
+    assert_eq!(again, rec);
 }

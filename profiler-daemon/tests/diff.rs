@@ -4,14 +4,17 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use profiler_daemon::diff::{self, DiffBy, DiffFormat};
-use profiler_daemon::recording::Recording;
-use profiler_daemon::report::hist_quantile;
+use profiler_common::{hist_bucket, hist_bucket_bounds, hist_bucket_value, HIST_BUCKETS};
+use profiler_daemon::analysis::diff::{self, DiffBy};
+use profiler_daemon::analysis::percentile::hist_quantile;
+use profiler_daemon::analysis::report::RowReason;
+use profiler_daemon::model::{recording, Direction, Isa, Profile, Reason};
+use profiler_daemon::render::diff::{render, DiffFormat};
 
-/// One IO exit row: `n` exits of `ns_each` ns at `rip` on `port` (out or in).
+/// One IO exit row: `n` exits of `ns_each` ns at `rip` on `port` (out or in), in the
+/// version 2 file format (sparse histogram: `[[bucket, count]]`).
 fn row(rip: u64, dir: &str, port: u64, n: u64, ns_each: u64) -> serde_json::Value {
-    let mut hist = vec![0u64; 32];
-    hist[63 - ns_each.leading_zeros() as usize] = n;
+    let hist = serde_json::json!([[hist_bucket(ns_each), n]]);
     serde_json::json!({
         "tgid": 100, "tid": 101, "vcpu": null, "isa": "kvm_exit", "reason": 2, "reason_name": "IO",
         "rip": format!("{rip:#x}"), "detail_kind": dir, "detail": format!("{port:#x}"),
@@ -19,11 +22,11 @@ fn row(rip: u64, dir: &str, port: u64, n: u64, ns_each: u64) -> serde_json::Valu
     })
 }
 
-fn recording(rows: Vec<serde_json::Value>) -> Recording {
+fn recording(rows: Vec<serde_json::Value>) -> Profile {
     common::synthetic_recording(rows, serde_json::json!({ "101": { "tgid": 100, "comm": "vcpu0", "vcpu": 0 } }), 100)
 }
 
-fn before() -> Recording {
+fn before() -> Profile {
     recording(vec![
         row(0x1000, "port_out", 0x1f3, 12, 1000),
         row(0x2000, "port_out", 0x1f7, 4, 2000),
@@ -31,7 +34,7 @@ fn before() -> Recording {
     ])
 }
 
-fn after() -> Recording {
+fn after() -> Profile {
     recording(vec![
         row(0x2000, "port_out", 0x1f7, 4, 2000),
         row(0x3000, "port_in", 0x608, 5, 500),
@@ -50,22 +53,28 @@ fn names(rip: u64) -> Option<String> {
 #[test]
 fn by_rip_exact_changes_sorted_by_absolute_change() {
     let d = diff::build(&before(), &after(), DiffBy::Rip, &names);
-    let got: Vec<(Option<&str>, u64, u64, i64, Option<f64>, i64)> = d
+    let got: Vec<(Option<u64>, u64, u64, i64, Option<f64>, i64)> = d
         .rows
         .iter()
-        .map(|r| (r.rip.as_deref(), r.change.count_before, r.change.count_after, r.change.count_change, r.change.count_change_pct, r.change.time_change_ns))
+        .map(|r| (r.rip, r.change.count_before, r.change.count_after, r.change.count_change, r.change.count_change_pct, r.change.time_change_ns))
         .collect();
     assert_eq!(
         got,
         vec![
-            (Some("0x1000"), 12, 0, -12, Some(-100.0), -12_000),
-            (Some("0x3000"), 10, 5, -5, Some(-50.0), -2_500),
-            (Some("0x4000"), 0, 1, 1, None, 3_000),
-            (Some("0x2000"), 4, 4, 0, Some(0.0), 0),
+            (Some(0x1000), 12, 0, -12, Some(-100.0), -12_000),
+            (Some(0x3000), 10, 5, -5, Some(-50.0), -2_500),
+            (Some(0x4000), 0, 1, 1, None, 3_000),
+            (Some(0x2000), 4, 4, 0, Some(0.0), 0),
         ]
     );
-    assert_eq!(d.rows[0].port.as_deref(), Some("0x1f3"));
-    assert_eq!(d.rows[0].direction, Some("out"));
+    let ports: Vec<_> = d.rows.iter().map(|r| r.port).collect();
+    assert_eq!(
+        ports,
+        vec![Some((Direction::Out, 0x1f3)), Some((Direction::In, 0x608)), Some((Direction::Out, 0x510)), Some((Direction::Out, 0x1f7))]
+    );
+    let io = RowReason::One(Reason { isa: Isa::KvmExit, code: 2 });
+    assert!(d.rows.iter().all(|r| r.reason == io), "{:?}", d.rows);
+    assert_eq!(d.rows[0].reason.to_string(), "IO");
     assert_eq!(d.rows[0].function.as_deref(), Some("ide_do_rw_disk"));
     assert_eq!(d.rows[0].change.time_change_pct, Some(-100.0));
     let t = &d.totals;
@@ -88,32 +97,73 @@ fn by_function_merges_rips() {
 #[test]
 fn renders_table_and_json() {
     let d = diff::build(&before(), &after(), DiffBy::Rip, &names);
-    let table = d.render(DiffFormat::Table, None);
+    let table = render(&d, DiffFormat::Table, None);
     assert!(table.starts_with("exits: 26 -> 10 (-16, -61.5%)"), "{table}");
     assert!(table.contains("-100.0%") && table.contains("new"), "{table}");
-    let j: serde_json::Value = serde_json::from_str(&d.render(DiffFormat::Json, Some(2))).unwrap();
+    assert!(!table.contains("more rows"), "every row is shown without --top: {table}");
+    let j: serde_json::Value = serde_json::from_str(&render(&d, DiffFormat::Json, Some(2))).unwrap();
     assert_eq!(j["rows"].as_array().unwrap().len(), 2);
-    assert_eq!(j["rows"][0]["count_change"], -12);
+    assert_eq!((j["by"].as_str(), j["source_before"].as_str(), j["source_after"].as_str()), (Some("rip"), Some("emulated"), Some("emulated")));
+    let r0 = &j["rows"][0];
+    assert_eq!((r0["rip"].as_str(), r0["port"].as_str(), r0["direction"].as_str(), r0["reason"].as_str()), (Some("0x1000"), Some("0x1f3"), Some("out"), Some("IO")));
+    assert_eq!((r0["count_before"].as_u64(), r0["count_after"].as_u64(), r0["count_change"].as_i64()), (Some(12), Some(0), Some(-12)));
+    assert_eq!((r0["count_change_pct"].as_f64(), r0["time_change_ns"].as_i64()), (Some(-100.0), Some(-12_000)));
+    assert_eq!(j["rows"][1]["direction"], "in");
     assert_eq!(j["totals"]["count_after"], 10);
+    assert_eq!(j["totals"]["time_change_ns"], -11_500);
+    // A row that is new has no change % (JSON null, "new" in the table).
+    let all: serde_json::Value = serde_json::from_str(&render(&d, DiffFormat::Json, None)).unwrap();
+    assert!(all["rows"][2]["count_change_pct"].is_null() && all["rows"][2]["rip"] == "0x4000", "{all:#}");
+    let cut = render(&d, DiffFormat::Table, Some(2));
+    assert!(cut.contains("(2 more rows; use --top to see more)"), "{cut}");
 }
 
 #[test]
-fn quantiles_from_log2_histogram() {
-    let mut h = [0u64; 32];
-    h[10] = 98; // [1024, 2048) ns
-    h[20] = 2; // [1 Mi, 2 Mi) ns
-    assert_eq!(hist_quantile(&h, 0.5), 1448); // 1024 * sqrt(2)
-    assert_eq!(hist_quantile(&h, 0.99), 1_482_910); // 2^20 * sqrt(2)
-    assert_eq!(hist_quantile(&[0; 32], 0.5), 0);
+fn quantiles_from_the_log_linear_histogram() {
+    let mut h = [0u64; HIST_BUCKETS];
+    h[hist_bucket(1024)] = 98; // 98 exits of 1024 ns
+    h[hist_bucket(1 << 20)] = 2; // 2 exits of 1 Mi ns
+    // Both values start a bucket of width 1/8 of their power of two: [1024, 1152) and
+    // [2^20, 2^20 + 2^17). A quantile in a bucket reads as the bucket's middle.
+    assert_eq!(hist_bucket_bounds(hist_bucket(1024)), (1024, 1152));
+    assert_eq!(hist_bucket_bounds(hist_bucket(1 << 20)), (1 << 20, (1 << 20) + (1 << 17)));
+    assert_eq!(hist_quantile(&h, 0.5), 1088); // 1024 + 128 / 2
+    assert_eq!(hist_quantile(&h, 0.5), hist_bucket_value(hist_bucket(1024)));
+    assert_eq!(hist_quantile(&h, 0.98), 1088, "the 98th of 100 exits is the last fast one");
+    assert_eq!(hist_quantile(&h, 0.99), 1_114_112); // 2^20 + 2^17 / 2
+    assert_eq!(hist_quantile(&h, 0.99), hist_bucket_value(hist_bucket(1 << 20)));
+    assert_eq!(hist_quantile(&h, 1.0), 1_114_112);
+    // Within 6.25% of the exact answers (1024 and 2^20): here exactly at that bound, the
+    // worst case (a value at the start of its bucket).
+    assert_eq!((1088 - 1024) * 16, 1024);
+    assert_eq!((1_114_112 - (1 << 20)) * 16, 1 << 20);
+    // Below 16 ns every value has its own bucket: exact.
+    let mut small = [0u64; HIST_BUCKETS];
+    small[hist_bucket(7)] = 1;
+    small[hist_bucket(15)] = 1;
+    assert_eq!((hist_quantile(&small, 0.5), hist_quantile(&small, 1.0)), (7, 15));
+    assert_eq!(hist_quantile(&[0; HIST_BUCKETS], 0.5), 0);
+}
+
+#[test]
+fn diff_rows_carry_the_percentiles_of_their_exits() {
+    // report rows (what diff joins) of the before recording: every exit of a row takes the
+    // same time, so p50 = p99 = that time's bucket value, and mean = that time.
+    let rep = profiler_daemon::analysis::report::build(&before(), profiler_daemon::analysis::report::GroupBy::Rip, &names);
+    for (rip, ns) in [(0x1000u64, 1000u64), (0x2000, 2000), (0x3000, 500)] {
+        let r = rep.rows.iter().find(|r| r.rip == Some(rip)).unwrap();
+        assert_eq!((r.mean_ns, r.p50_ns, r.p99_ns), (ns, hist_bucket_value(hist_bucket(ns)), hist_bucket_value(hist_bucket(ns))), "{r:?}");
+        assert!(hist_bucket_value(hist_bucket(ns)).abs_diff(ns) * 16 <= ns);
+    }
 }
 
 fn kvmprof() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kvmprof"))
 }
 
-fn save(dir: &Path, name: &str, r: &Recording) -> std::path::PathBuf {
+fn save(dir: &Path, name: &str, r: &Profile) -> std::path::PathBuf {
     let p = dir.join(name);
-    r.save(&p).unwrap();
+    recording::save(r, &p).unwrap();
     p
 }
 

@@ -6,6 +6,22 @@ mod common;
 use std::fmt::Write;
 
 use common::*;
+use profiler_common::{hist_bucket, hist_bucket_value};
+
+/// What a report row says when its `n` exits each took exactly `ns`: time, mean, and p50/p99
+/// (the value of the log-linear bucket holding `ns`, within 6.25% of it), and its share of
+/// all exit time.
+fn assert_exact_times(r: &serde_json::Value, n: u64, ns: u64, total_time_ns: u64) {
+    let q = hist_bucket_value(hist_bucket(ns));
+    assert!(q.abs_diff(ns) * 16 <= ns, "{q} is within 6.25% of {ns}");
+    assert_eq!(
+        (r["count"].as_u64(), r["time_ns"].as_u64(), r["mean_ns"].as_u64(), r["p50_ns"].as_u64(), r["p99_ns"].as_u64()),
+        (Some(n), Some(n * ns), Some(ns), Some(q), Some(q)),
+        "{r:#}"
+    );
+    let want = 100.0 * (n * ns) as f64 / total_time_ns as f64;
+    assert!((r["percent"].as_f64().unwrap() - want).abs() <= 1e-9, "percent is not {want}: {r:#}");
+}
 
 /// ftrace text from a VMX host (with `options/record-tgid`), two vCPU threads.
 fn vmx_ftrace() -> String {
@@ -91,14 +107,32 @@ fn vmx_ftrace_counts_times_and_names() {
     assert_eq!(hlt["reason"], "HLT");
     assert_eq!(rows(&v).len(), 3);
     assert_eq!(v["total_time_ns"], 30_000 + 4_000 + 2_000_000);
+    assert_eq!(v["total_exits"], 6);
+    let total = 30_000 + 4_000 + 2_000_000;
+    assert_exact_times(io, 3, 10_000, total);
+    assert_exact_times(ept, 1, 4_000, total);
+    assert_exact_times(hlt, 2, 1_000_000, total);
+    // The tracepoint names the vCPU (kvm_exit's vcpu_id) on hw, for each exit.
+    let rec_profile = profiler_daemon::model::recording::load(&rec).unwrap();
+    for e in &rec_profile.exits {
+        let want = if e.tid == 4242 { 0 } else { 1 };
+        assert_eq!(e.vcpu, Some(want), "{e:?}");
+    }
 
     let by_vcpu = report_json(&rec, &["--by", "vcpu"]);
     let vcpu = |n: u64| rows(&by_vcpu).iter().find(|r| r["vcpu"] == n).unwrap_or_else(|| panic!("no vCPU {n}: {by_vcpu:#}")).clone();
     assert_eq!((vcpu(0)["count"].as_u64(), vcpu(0)["tid"].as_u64()), (Some(4), Some(4242)));
     assert_eq!((vcpu(1)["count"].as_u64(), vcpu(1)["tid"].as_u64()), (Some(2), Some(4243)));
+    assert_eq!(rows(&by_vcpu).len(), 2);
+    assert_eq!(vcpu(0)["time_ns"], 34_000);
+    assert_eq!(vcpu(1)["time_ns"], 2_000_000);
+    let pct_sum: f64 = rows(&by_vcpu).iter().map(|r| r["percent"].as_f64().unwrap()).sum();
+    assert!((pct_sum - 100.0).abs() <= 1e-9, "{pct_sum}");
 
     let by_reason = report_json(&rec, &["--by", "reason"]);
-    assert_eq!(row_at(&by_reason, "reason", "IO_INSTRUCTION")["count"], 3);
+    assert_exact_times(row_at(&by_reason, "reason", "IO_INSTRUCTION"), 3, 10_000, total);
+    assert_exact_times(row_at(&by_reason, "reason", "HLT"), 2, 1_000_000, total);
+    assert_exact_times(row_at(&by_reason, "reason", "EPT_VIOLATION"), 1, 4_000, total);
 }
 
 #[test]
@@ -115,6 +149,16 @@ fn svm_perf_script_counts_times_and_names() {
     let de = row_at(&v, "rip", "0xffffffff81004000");
     assert_eq!((de["count"].as_u64(), de["time_ns"].as_u64(), de["reason"].as_str()), (Some(1), Some(5_000), Some("DE excp")));
     assert_eq!(v["total_exits"], 4);
+    let total = 6_000 + 7_000 + 5_000;
+    assert_eq!(v["total_time_ns"], total);
+    assert_exact_times(io, 2, 3_000, total);
+    assert_exact_times(npf, 1, 7_000, total);
+    assert_exact_times(de, 1, 5_000, total);
+    // perf script names no thread: kvm_exit's vcpu field is the only vCPU index.
+    let by_vcpu = report_json(&rec, &["--by", "vcpu"]);
+    assert_eq!(rows(&by_vcpu).len(), 1, "{by_vcpu:#}");
+    assert_eq!((rows(&by_vcpu)[0]["vcpu"].as_u64(), rows(&by_vcpu)[0]["tid"].as_u64()), (Some(0), Some(5001)));
+    assert_eq!(rows(&by_vcpu)[0]["percent"].as_f64(), Some(100.0));
 }
 
 #[test]

@@ -4,8 +4,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use profiler_daemon::reasons;
-use profiler_daemon::tracefs::EventFormat;
+use profiler_common::isa;
+use profiler_daemon::live::detect_source;
+use profiler_daemon::live::tracefs::EventFormat;
+use profiler_daemon::model::{reasons, Source};
 
 /// `{ 0x040 + 13, "GP excp" }` pairs of one `__print_symbolic(...)` list.
 fn symbolic_pairs(list: &str) -> BTreeSet<(u32, String)> {
@@ -53,4 +55,22 @@ fn kvm_exit_reasons_match_this_kernels_userspace_exit_format() {
     let list = fmt.split("__print_symbolic(REC->reason,").nth(1).expect("KVM_EXIT list").split("), REC->errno").next().unwrap();
     let kernel: BTreeSet<(u32, String)> = symbolic_pairs(list).into_iter().map(|(c, n)| (c, n.trim_start_matches("KVM_EXIT_").to_string())).collect();
     assert_eq!(table(reasons::KVM_EXIT), kernel);
+}
+
+/// The names the live tests expect for an `out`/`in` and a `hlt` exit on this host
+/// (`common::io_reason`, `common::hlt_reason`) are names of the table this host's source
+/// reports from, with the codes those exits have.
+#[test]
+fn the_expected_reason_names_are_this_sources_names() {
+    common::require_live();
+    let svm = std::path::Path::new("/sys/module/kvm_amd").exists();
+    let (table, io_code, hlt_code) = match detect_source() {
+        Source::Emulated => (isa::KVM_EXIT, 2, 5), // KVM_EXIT_IO, KVM_EXIT_HLT
+        Source::Hw if svm => (isa::SVM, 0x7b, 0x78), // SVM_EXIT_IOIO, SVM_EXIT_HLT
+        Source::Hw => (isa::VMX, 30, 12),           // EXIT_REASON_IO_INSTRUCTION, EXIT_REASON_HLT
+    };
+    assert_eq!(reasons::code_of(table, common::io_reason()), Some(io_code), "{}", common::io_reason());
+    assert_eq!(reasons::code_of(table, common::hlt_reason()), Some(hlt_code), "{}", common::hlt_reason());
+    assert_eq!(reasons::name(table, io_code), common::io_reason());
+    assert_eq!(reasons::name(table, hlt_code), common::hlt_reason());
 }

@@ -109,3 +109,31 @@ fn a_host_wide_session_picks_up_a_vm_started_later_and_marks_its_thread_ended() 
     assert!(threads[0].ended, "the VM has exited, so its thread is marked ended: {:?}", threads[0]);
     assert_eq!(fin.meta.pid, None, "a host-wide session has no single PID");
 }
+
+/// Many distinct exit sites in a burst: every one counted exactly once. (A map that allocates
+/// its entries in the tracepoint lost a sixth of them here.)
+#[test]
+fn thousands_of_new_exit_sites_in_a_burst_are_each_counted_once() {
+    require_live();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORTS: u32 = 5000;
+    let mut child = Command::new(exit_loop())
+        .args(["--port-sweep", "--outs", &PORTS.to_string(), "--out-port", "0x0", "--wait-for-go"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kvm-exit-loop");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let session = start(Target::Process(child.id()));
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    assert!(child.wait().unwrap().success());
+    let fin = session.finish().unwrap();
+    assert_eq!((fin.meta.exit_keys_full, fin.meta.threads_full), (0, 0), "nothing lost");
+    let guest = ExitLoopGuest::sweep(PORTS, 0);
+    let ports: BTreeSet<u16> = fin.exits.iter().filter(|e| e.rip == guest.out_rip && e.stats.count == 1).filter_map(|e| e.access.port()).map(|(_, p)| p).collect();
+    assert_eq!(ports.len(), PORTS as usize, "one exit site per port, each counted once");
+    assert_eq!(fin.total_exits(), PORTS as u64 + 1, "the outs and the hlt");
+}

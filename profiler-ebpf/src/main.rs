@@ -24,7 +24,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG, BPF_NOEXIST},
+    bindings::{BPF_F_RDONLY_PROG, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user,
@@ -93,11 +93,10 @@ static VCPU_CS_BASE: Global<u32> = Global::new(0);
 
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
-/// Not preallocated: an ExitStats is ~2 KiB, so preallocating every entry would pin
-/// EXITS_MAX_ENTRIES x 2 KiB x nCPU (256 MiB per CPU); memory now follows the keys used.
+/// Preallocated, so inserting a new key never allocates in the tracepoint (see maps::EXITS).
 #[map]
 static EXITS: PerCpuHashMap<ExitKey, ExitStats> =
-    PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
 #[map]
 static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(maps::THREADS_MAX_ENTRIES, 0);
 #[map]
@@ -187,7 +186,7 @@ fn charge(rec: Option<ExitRecord>) {
     match stats {
         // SAFETY: a non-null pointer to this CPU's slot of an EXITS entry: one writer.
         Some(stats) => unsafe { (*stats).add(rec.duration_ns) },
-        // Full (EXITS_MAX_ENTRIES) or, not preallocated, no memory for a new entry.
+        // Full (EXITS_MAX_ENTRIES).
         None => bump(counter::EXIT_KEYS_FULL),
     }
     if STREAM_RECORDS.load() != 0 {

@@ -18,9 +18,10 @@ use vmm::{abi, boot, VmConfig, Workload};
 
 fn bare_loop(n: u64) -> f64 {
     let kvm = Kvm::new().expect("/dev/kvm");
-    let vm = kvm.create_vm().expect("create vm");
     let size = 4u64 << 20;
+    // Before the VM, so it is dropped after it.
     let mem = boot::create_memory(size).expect("memory");
+    let vm = kvm.create_vm().expect("create vm");
     let host = mem.get_host_address(GuestAddress(0)).expect("host address");
     let region = kvm_bindings::kvm_userspace_memory_region {
         slot: 0,
@@ -29,7 +30,8 @@ fn bare_loop(n: u64) -> f64 {
         memory_size: size,
         userspace_addr: host as u64,
     };
-    // SAFETY: `mem` outlives the VM.
+    // SAFETY: the region is exactly `mem`'s live mmap (host address and size), and `mem`
+    // outlives the VM (declared first, so dropped last).
     unsafe { vm.set_user_memory_region(region) }.expect("memory region");
     let mut code = vec![0x66, 0xba, 0x80, 0x00, 0x48, 0xb9];
     code.extend_from_slice(&n.to_le_bytes());

@@ -17,6 +17,10 @@
 //! - Guest RAM is one region at guest-physical 0 ([`abi`] has the layout). The guest ELF
 //!   is loaded at its link addresses and runs identity-mapped, so a guest RIP symbolizes
 //!   directly against `tinyvmm guest-elf -o FILE`.
+//! - `--stats-json FILE` writes tinyvmm's own counts (exits by kind and by port,
+//!   hypercalls, timer, IDE, the guest's report): the document is
+//!   `tinyvmm_abi::stats::RunStats` (crate `vmm/abi`, feature `stats`), which consumers
+//!   deserialize directly.
 //! - `--memory-map FILE` writes, before the vCPU starts,
 //!   `{"pid":N,"regions":[{"guest_phys":"0x0","size":N,"host_virt":"0x7f..."}]}`:
 //!   guest-physical `g` inside a region is at `host_virt + (g - guest_phys)` in
@@ -101,7 +105,10 @@ pub enum Workload {
     Timer,
     /// COUNT `out`s to the null port 0x80 (the exit-cost benchmark).
     PioLoop,
-    /// Misbehave on purpose (bad hypercall queues, unknown ports, bad LBAs); needs --disk.
+    /// Misbehave on purpose (bad hypercall queues, unknown ports, bad LBAs, arbitrary IDE
+    /// register accesses), then check the disk still works: the disk-write pattern is
+    /// written to LBAs 5 and 6 (trapped, then batched) and read back. Needs --disk (7+
+    /// sectors).
     Hostile,
     /// Execute ud2 with no exception handlers.
     TripleFault,

@@ -56,7 +56,8 @@ struct RunArgs {
     /// Skip the guest's boot-time PM-timer calibration loop (verify_pmtmr_rate).
     #[arg(long)]
     skip_pmtmr_calibration: bool,
-    /// Write the statistics (and the guest's report) as JSON to FILE.
+    /// Write the statistics (and the guest's report) as JSON to FILE: the
+    /// `tinyvmm_abi::stats::RunStats` document.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
     /// A label copied into the statistics.

@@ -157,16 +157,16 @@ pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Ou
         };
 
         st.io += 1;
-        // SAFETY: the kernel reported `size` of the access; the data buffer of the IO exit
-        // lies inside the vCPU's kvm_run mapping (kvm-ioctls built the slice we took the
-        // pointer and length from), the mapping lives as long as `vcpu`, and nothing else
-        // refers to it until the next KVM_RUN.
+        // SAFETY: this exit is KVM_EXIT_IO (only IoIn/IoOut reach here), so `io` is the
+        // member of kvm_run's exit union the kernel filled in; it is plain integers.
         let size = usize::from(unsafe { vcpu.get_kvm_run().__bindgen_anon_1.io.size });
         let size = if matches!(size, 1 | 2 | 4) { size } else { 1 };
         match io {
             Io::Out(port, ptr, len) => {
                 st.by_port[usize::from(port)] += 1;
-                // SAFETY: see above.
+                // SAFETY: `ptr`/`len` are the data slice kvm-ioctls built for this IO exit,
+                // inside the vCPU's kvm_run mapping, which lives as long as `vcpu`; nothing
+                // writes it until the next KVM_RUN, after this slice's last use.
                 let data = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
                 if port == PORT_DOORBELL {
                     doorbell(&mut vcpu, &mut bus, &mem, &mut st, data);
@@ -178,7 +178,9 @@ pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Ou
             }
             Io::In(port, ptr, len) => {
                 st.by_port[usize::from(port)] += 1;
-                // SAFETY: see above.
+                // SAFETY: as for IoOut: the exit's data slice in the kvm_run mapping, which
+                // the kernel reads back at the next KVM_RUN, after this slice's last use;
+                // this is the only reference to it.
                 let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
                 for chunk in data.chunks_exact_mut(size) {
                     bus.read(port, chunk);

@@ -110,8 +110,9 @@ pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
         memory_size: mem_size,
         userspace_addr: host as u64,
     };
-    // SAFETY: the region is the live mmap of `mem`, which outlives the VM (both are
-    // dropped at the end of this function, after the vCPU thread has been joined).
+    // SAFETY: the region is exactly the live mmap of `mem` (its host address and size),
+    // and `mem` outlives the VM: the vCPU thread is joined and `vm` dropped before `mem`
+    // is, at the end of this function.
     unsafe { vm.set_user_memory_region(region) }.map_err(|e| VmmError::Kvm(format!("KVM_SET_USER_MEMORY_REGION: {e}")))?;
 
     let loaded = boot::load_elf(&mem, &cfg.guest_elf)?;

@@ -28,6 +28,10 @@ struct Args {
     /// After the outs, pause (see below), then make this many more outs at the same RIP.
     #[arg(long, value_name = "M", conflicts_with = "ins")]
     pause_then_outs: Option<u32>,
+    /// Instead: one `out` to each of N successive ports from --out-port (N = --outs): N
+    /// distinct exit sites.
+    #[arg(long, conflicts_with_all = ["ins", "pause_then_outs"])]
+    port_sweep: bool,
     /// Print `ready` and wait for a line on stdin before the guest's first instruction.
     #[arg(long)]
     wait_for_go: bool,
@@ -47,6 +51,7 @@ fn parse_port(s: &str) -> Result<u16, String> {
 fn main() {
     let a = Args::parse();
     let guest = match a.pause_then_outs {
+        _ if a.port_sweep => ExitLoopGuest::sweep(a.outs, a.out_port),
         Some(m) => ExitLoopGuest::paused(a.outs, m, a.out_port),
         None => ExitLoopGuest::new(a.outs, a.ins, a.out_port, a.in_port),
     };

@@ -31,8 +31,8 @@ pub(super) fn write_plots(
         y_label: "VM exits".into(),
         categories: ports.iter().map(|p| render::hex(*p as u64)).collect(),
         series: vec![
-            Series { name: "one exit per outb".into(), values: ports.iter().map(|p| per_port(&t4_before, *p)).collect(), color: BLUE },
-            Series { name: "--batch-pio".into(), values: ports.iter().map(|p| per_port(&t4_after, *p)).collect(), color: ORANGE },
+            Series { name: "one exit per outb".into(), values: ports.iter().map(|p| per_port(t4_before, *p)).collect(), color: BLUE },
+            Series { name: "--batch-pio".into(), values: ports.iter().map(|p| per_port(t4_after, *p)).collect(), color: ORANGE },
         ],
         note: Some(format!("paper (Zhang et al., Table 4): -{:.0}% exits; disk images identical: {images_identical}", paper::TABLE4_EXIT_REDUCTION_PCT)),
     };

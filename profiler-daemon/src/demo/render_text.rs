@@ -44,7 +44,7 @@ pub(super) fn render(j: &DemoResult, hot: &report::Report, t4: &diff::Diff, opts
                 None => merged.push((f, cf, r.count)),
             }
         }
-        merged.sort_by(|a, b| b.2.cmp(&a.2));
+        merged.sort_by_key(|m| std::cmp::Reverse(m.2));
         for (f, cf, n) in merged.iter().take(6) {
             let _ = writeln!(s, "     {n:>8}  {f} <- {cf}");
         }
@@ -118,7 +118,7 @@ pub(super) fn render(j: &DemoResult, hot: &report::Report, t4: &diff::Diff, opts
 
     let p = &j.pmtmr;
     let _ = writeln!(s, "4. Fig. 8 / Table 3: boot with the PM-timer calibration (verify_pmtmr_rate) on and off");
-    let _ = writeln!(s, "   {:<16} {:>8} {:>26} {:>10}  {}", "calibration", "exits", "exits in verify_pmtmr_rate", "boot (ms)", "top function");
+    let _ = writeln!(s, "   {:<16} {:>8} {:>26} {:>10}  top function", "calibration", "exits", "exits in verify_pmtmr_rate", "boot (ms)");
     for (name, v) in [("on", &p.on), ("off", &p.off)] {
         let _ = writeln!(
             s,

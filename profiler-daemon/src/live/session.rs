@@ -276,7 +276,7 @@ impl Session {
                 (false, Some(l)) => {
                     let _ = prog.detach(l);
                 }
-                (true, None) => *link = prog.attach(*tp).ok(),
+                (true, None) => *link = prog.attach(tp).ok(),
                 (_, l) => *link = l,
             }
         }

@@ -41,6 +41,8 @@ impl PioQueue {
     /// One doorbell exit for the whole queue.
     #[inline(always)]
     pub fn submit(&mut self) -> u32 {
+        // SAFETY: the queue is `self.entries`, borrowed mutably for the call, and `len` <=
+        // BATCH_MAX (push caps it), so the VMM reads and writes back only these entries.
         unsafe { pio_batch(self.entries.as_mut_ptr() as u64, self.len as u32) }
     }
 }
@@ -48,9 +50,21 @@ impl PioQueue {
 /// Rings the doorbell: EAX = count, RSI = queue address, status returned in EAX.
 /// Kept out of line so the doorbell RIP symbolizes to `pio_batch`, whose caller is the
 /// function that built the queue.
+///
+/// # Safety
+///
+/// If the VMM accepts the queue (status 0: `count` <= BATCH_MAX entries, wholly in RAM,
+/// each well-formed) it reads `count` 8-byte [`PioEntry`]s at `queue_gpa` (guest-physical
+/// = guest-virtual here) and writes each IN's result back into its `value`: those bytes
+/// must be `PioEntry`s the caller may mutate, borrowed by nothing else. A queue the VMM
+/// refuses (any other status) is neither replayed nor written, whatever the address.
 #[inline(never)]
 pub unsafe fn pio_batch(queue_gpa: u64, count: u32) -> u32 {
     let status: u32;
+    // SAFETY: the caller upholds the contract above for the memory the VMM may write; the
+    // asm is one port write whose only register effects are the declared EAX output (and
+    // it may touch memory, so no `nomem`: the compiler keeps the queue's stores before it
+    // and reloads it after).
     asm!("out dx, eax", in("dx") PORT_DOORBELL, inout("eax") count => status,
          in("rsi") queue_gpa, options(nostack));
     status

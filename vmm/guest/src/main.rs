@@ -38,13 +38,22 @@ global_asm!(
 pub fn guest_exit(status: u8) -> ! {
     io::outb(PORT_EXIT, status);
     loop {
+        // SAFETY: `cli; hlt` at CPL 0 only stops this vCPU (tinyvmm has already ended the
+        // run on the exit port); it touches no memory or stack.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }
 
+/// The Rust entry point, called by `_start` with RDI as tinyvmm set it.
+///
+/// # Safety
+///
+/// `params` must point to a readable, aligned [`BootParams`] (tinyvmm puts it at
+/// `BOOT_PARAMS_ADDR`, identity-mapped RAM, and passes its address in RDI).
 #[no_mangle]
-pub extern "C" fn kmain(params: *const BootParams) -> ! {
-    // SAFETY: tinyvmm puts the params in identity-mapped RAM; the magic is checked first.
+pub unsafe extern "C" fn kmain(params: *const BootParams) -> ! {
+    // SAFETY: the caller's contract above; any bit pattern is a valid BootParams (plain
+    // integers), and the magic is checked before anything else is trusted.
     let p = unsafe { core::ptr::read_volatile(params) };
     if p.magic != BOOT_PARAMS_MAGIC {
         kprint!("@@result {{\"status\":\"error\",\"error\":\"bad boot params\"}}\n");

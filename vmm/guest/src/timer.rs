@@ -101,9 +101,15 @@ static mut IDT: Idt = Idt([0; 512]);
 pub fn idt_init() {
     let handler = timer_isr_entry as *const () as u64;
     let cs: u16;
+    // SAFETY: reads the CS selector into a register; no memory, stack or flags touched.
     unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack)) };
     let lo = (handler & 0xffff) | (cs as u64) << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
     let hi = handler >> 32;
+    // SAFETY: IDT is written only here, once at boot, before interrupts are enabled, on
+    // the only vCPU, through a raw pointer (no reference to the static mut is made). The
+    // gate points at `timer_isr_entry` with this CS; `lidt` reads the 10-byte descriptor
+    // from `desc` (alive across the asm) and loads a table that is a static, so it stays
+    // valid for the rest of the run; every other vector is not present (a triple fault).
     unsafe {
         let idt = &raw mut IDT;
         (*idt).0[TIMER_VECTOR as usize * 2] = lo;
@@ -172,13 +178,18 @@ pub fn timer_workload(seconds: u64) -> TimerResult {
     pic_set_mask(0xfe);
     let mut last = pm_read();
     let mut elapsed = 0u64;
+    // SAFETY: enables interrupts: the IDT has IRQ0's gate (idt_init), whose handler saves
+    // the registers it uses and only bumps TICKS (an atomic) and writes the EOI.
     unsafe { asm!("sti", options(nomem, nostack)) };
     while elapsed < target {
+        // SAFETY: waits for the next interrupt (IRQ0 is unmasked, IF set); no memory effect
+        // on Rust's state beyond what the ISR does atomically.
         unsafe { asm!("hlt", options(nomem, nostack)) };
         let now = pm_read();
         elapsed += (now.wrapping_sub(last) & PM_MASK) as u64;
         last = now;
     }
+    // SAFETY: disables interrupts; no memory, stack effect.
     unsafe { asm!("cli", options(nomem, nostack)) };
     pic_set_mask(0xff);
     TimerResult { ticks: TICKS.load(Ordering::Relaxed), pm_ticks: elapsed }

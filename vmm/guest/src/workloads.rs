@@ -17,7 +17,8 @@ pub fn pattern_word(lba: u64, i: u64) -> u64 {
 /// FNV-1a over u64 words, in LBA order.
 #[inline(always)]
 fn fnv_words(mut h: u64, s: &Sector) -> u64 {
-    // SAFETY: Sector is 512 bytes, 8-aligned.
+    // SAFETY: Sector is repr(C, align(8)), 512 bytes: it is a valid, aligned [u64; 64]
+    // (any bits are a valid u64), borrowed shared for as long as `s`.
     let words = unsafe { &*(s as *const Sector as *const [u64; 64]) };
     for w in words {
         h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3);
@@ -28,9 +29,14 @@ const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
 
 static mut QUEUE: PioQueue = PioQueue::new();
 
+/// The one batch queue. Callers use the returned reference until they call `queue()`
+/// again, never two at once.
 fn queue() -> &'static mut PioQueue {
-    // SAFETY: single vCPU, and the timer ISR never touches the queue.
-    unsafe { &mut *(&raw mut QUEUE) }
+    let q = &raw mut QUEUE;
+    // SAFETY: one vCPU, and the timer ISR never touches the queue, so nothing else
+    // accesses QUEUE while the reference lives; each caller drops its reference before the
+    // next call (see above). No reference to the static mut is made except this one.
+    unsafe { &mut *q }
 }
 
 struct DiskResult {
@@ -88,12 +94,16 @@ fn disk_workload(dir: Dir, n: u64, batched: bool, timer_on: bool) -> DiskResult 
     let mut last = pm_read();
     if timer_on {
         // Not `nomem`: a compiler barrier, so nothing moves across it.
+        // SAFETY: enables interrupts; IRQ0's gate is installed (idt_init) and its ISR
+        // only bumps TICKS (atomic) and writes the EOI, leaving the task file, the queue
+        // and `buf` alone.
         unsafe { core::arch::asm!("sti", options(nostack)) };
     }
     let mut lba = 0u64;
     while lba < n {
         if dir == Dir::Write {
-            // SAFETY: Sector is 512 bytes, 8-aligned.
+            // SAFETY: Sector is repr(C, align(8)), 512 bytes: a valid, aligned [u64; 64];
+            // `buf` is borrowed mutably only through `words` until the loop below ends.
             let words = unsafe { &mut *(&mut buf as *mut Sector as *mut [u64; 64]) };
             for (i, w) in words.iter_mut().enumerate() {
                 *w = pattern_word(lba, i as u64);
@@ -107,7 +117,7 @@ fn disk_workload(dir: Dir, n: u64, batched: bool, timer_on: bool) -> DiskResult 
         r.checksum = fnv_words(r.checksum, &buf);
         lba += 1;
         r.done = lba;
-        if lba % PM_EVERY == 0 && lba < n {
+        if lba.is_multiple_of(PM_EVERY) && lba < n {
             let now = pm_read();
             r.pm_ticks += (now.wrapping_sub(last) & PM_MASK) as u64;
             last = now;
@@ -121,6 +131,7 @@ fn disk_workload(dir: Dir, n: u64, batched: bool, timer_on: bool) -> DiskResult 
     let now = pm_read();
     r.pm_ticks += (now.wrapping_sub(last) & PM_MASK) as u64;
     if timer_on {
+        // SAFETY: disables interrupts; a compiler barrier like the `sti` above.
         unsafe { core::arch::asm!("cli", options(nostack)) };
         timer::pic_set_mask(0xff);
         r.ticks = TICKS.load(Ordering::Relaxed);
@@ -135,6 +146,8 @@ fn pio_loop(n: u64) {
     if n == 0 {
         return;
     }
+    // SAFETY: n > 0 `out`s to the null port (no memory effect), RCX counted down to 0
+    // and declared clobbered, flags changed (not `preserves_flags`).
     unsafe {
         core::arch::asm!("2:", "out dx, al", "dec rcx", "jnz 2b",
             in("dx") PORT_NULL, in("al") 0u8, inout("rcx") n => _, options(nomem, nostack));
@@ -167,7 +180,7 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
             if r.err.is_some() {
                 status = 1;
             }
-            let rate = if r.pm_ticks > 0 { r.done * PM_HZ / r.pm_ticks } else { 0 };
+            let rate = (r.done * PM_HZ).checked_div(r.pm_ticks).unwrap_or(0);
             kprint!(
                 "@@result {{\"workload\":\"{}\",\"status\":\"{}\",\"sectors\":{},\"requested\":{},\"batched\":{},\"checksum\":\"0x{:016x}\",\"pm_ticks\":{},\"sectors_per_sec\":{},\"disk_sectors\":{},",
                 if write { "disk-write" } else { "disk-read" },
@@ -183,8 +196,8 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
             if r.err.is_some() {
                 status = 1;
             }
-            let rate = if r.pm_ticks > 0 { r.done * PM_HZ / r.pm_ticks } else { 0 };
-            let tick_rate = if r.pm_ticks > 0 { r.ticks * PM_HZ / r.pm_ticks } else { 0 };
+            let rate = (r.done * PM_HZ).checked_div(r.pm_ticks).unwrap_or(0);
+            let tick_rate = (r.ticks * PM_HZ).checked_div(r.pm_ticks).unwrap_or(0);
             kprint!(
                 "@@result {{\"workload\":\"timer-disk\",\"status\":\"{}\",\"sectors\":{},\"requested\":{},\"batched\":{},\"checksum\":\"0x{:016x}\",\"pm_ticks\":{},\"sectors_per_sec\":{},\"disk_sectors\":{},\"programmed_hz\":{},\"ticks\":{},\"ticks_per_sec\":{},",
                 if status == 0 { "ok" } else { "error" },
@@ -196,7 +209,7 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
         }
         WL_TIMER => {
             let r = timer::timer_workload(p.seconds);
-            let per_sec = if r.pm_ticks > 0 { r.ticks * PM_HZ / r.pm_ticks } else { 0 };
+            let per_sec = (r.ticks * PM_HZ).checked_div(r.pm_ticks).unwrap_or(0);
             kprint!(
                 "@@result {{\"workload\":\"timer\",\"status\":\"ok\",\"seconds\":{},\"programmed_hz\":{},\"ticks\":{},\"pm_ticks\":{},\"ticks_per_sec\":{},",
                 p.seconds, timer::GUEST_HZ, r.ticks, r.pm_ticks, per_sec
@@ -218,6 +231,8 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
         WL_HOSTILE => hostile(p),
         WL_TRIPLE_FAULT => {
             kprint!("triple fault: ud2 with no exception handlers\n");
+            // SAFETY: on purpose: #UD with no IDT gate for it is a triple fault, which
+            // tinyvmm reports (KVM_EXIT_SHUTDOWN); nothing after it runs.
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
             status = 1;
         }
@@ -235,12 +250,20 @@ fn hostile(p: &BootParams) {
     q.clear();
     q.outb(PORT_NULL, 1);
     let qa = q.entries.as_mut_ptr() as u64;
+    // SAFETY: this call and the five below pass queues the VMM refuses (address outside
+    // or across the end of RAM, or wrapping; count over BATCH_MAX; a bad op), and a refused
+    // queue is neither replayed nor written (pio_batch's contract); `qa` is `q`'s entries.
     let outside = unsafe { pio_batch(p.ram_size + 0x1000, 1) };
+    // SAFETY: as above.
     let straddle = unsafe { pio_batch(p.ram_size - 4, 1) };
+    // SAFETY: as above.
     let wrap = unsafe { pio_batch(u64::MAX - 3, 2) };
+    // SAFETY: as above.
     let too_many = unsafe { pio_batch(qa, BATCH_MAX as u32 + 1) };
+    // SAFETY: as above.
     let huge = unsafe { pio_batch(qa, u32::MAX) };
     q.entries[0].op = 7;
+    // SAFETY: as above.
     let bad_op = unsafe { pio_batch(qa, 1) };
     q.clear();
     q.push_raw(PioEntry { op: BATCH_OP_OUT, size: 3, port: PORT_NULL, value: 0 });
@@ -252,6 +275,7 @@ fn hostile(p: &BootParams) {
     let unk_idx = q.inb(0x1234);
     let batched_unknown = q.submit();
     let batched_unknown_val = q.entries[unk_idx].value;
+    // SAFETY: an empty queue: the VMM reads and writes nothing.
     let empty = unsafe { pio_batch(qa, 0) };
 
     outb(0x1234, 0x55);
@@ -337,7 +361,8 @@ fn ide_garbage(seed: u32, n: u32) {
 fn reset_write_read_back(lba: u64, mut q: Option<&mut PioQueue>) -> (u32, u64) {
     ide::ide_reset();
     let mut buf = Sector([0; 256]);
-    // SAFETY: Sector is 512 bytes, 8-aligned, so it is also 64 aligned u64 words.
+    // SAFETY: Sector is repr(C, align(8)), 512 bytes: a valid, aligned [u64; 64];
+    // `buf` is borrowed mutably only through `words` until the loop below ends.
     let words = unsafe { &mut *(&mut buf as *mut Sector as *mut [u64; 64]) };
     for (i, w) in words.iter_mut().enumerate() {
         *w = pattern_word(lba, i as u64);
