@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 exits=${1:-100000}
 rounds=${2:-7}
 bin=${CARGO_TARGET_DIR:-target}/release
-cargo build --release -p profiler-daemon --quiet
+cargo build --release -p profiler-daemon -p kvm-exit-loop --quiet
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for r in $(seq "$rounds"); do

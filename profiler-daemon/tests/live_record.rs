@@ -63,6 +63,9 @@ fn exact_exit_counts_per_rip_with_reason_port_and_time() {
     let guest = ExitLoopGuest::new(OUTS, INS, 0x80, 0x71);
     let v = report_json(&rec, &["--by", "rip"]);
     assert_eq!(v["source"], detect_source().name());
+    // Nothing lost, and only the final HLT still open when recording stopped.
+    let meta = recording::load(&rec).unwrap().meta;
+    assert_eq!((meta.exit_keys_full, meta.threads_full, meta.unfinished_exits), (0, 0, 1), "{meta:?}");
 
     let out = row_at(&v, "rip", &format!("{:#x}", guest.out_rip));
     assert_eq!(out["count"], OUTS as u64);
@@ -204,8 +207,19 @@ fn follows_a_running_vm_by_pid() {
     assert_eq!(rec.meta.pid, Some(pid));
     assert_eq!(rec.meta.source, detect_source());
     let guest = ExitLoopGuest::new(1, 0, 0x80, 0x71);
-    assert_eq!(rec.exits.len(), 1, "only the out loop runs: {:?}", rec.exits);
-    let e = &rec.exits[0];
+    // Only the out loop runs. Following a running VM, the programs may attach in the middle
+    // of one exit: on the emulated source, after its `kvm_pio` (which names the port) and
+    // before its `kvm_userspace_exit`. That one exit is then seen without its port: at most
+    // one such exit, at the same RIP, with the same reason.
+    let (with_port, straddling): (Vec<_>, Vec<_>) = rec.exits.iter().partition(|e| e.access != Access::None);
+    assert_eq!(with_port.len(), 1, "only the out loop runs: {:?}", rec.exits);
+    if let [s] = straddling.as_slice() {
+        assert!(!source_names_vcpu(), "kvm_exit names the exit before its port is traced: {s:?}");
+        assert_eq!((s.rip, s.reason.name(), s.stats.count), (guest.out_rip, io_reason().to_string(), 1), "{s:?}");
+    } else {
+        assert!(straddling.is_empty(), "{:?}", rec.exits);
+    }
+    let e = with_port[0];
     assert_eq!(e.rip, guest.out_rip);
     assert_eq!(e.reason.name(), io_reason());
     assert_eq!(e.access, Access::Port { dir: Direction::Out, port: 0x80 });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use profiler_daemon::live::detect_source;
-use profiler_daemon::model::{recording, Access, Direction};
+use profiler_daemon::model::{recording, Access, Direction, Exit};
 
 const QEMU: &str = "qemu-system-x86_64";
 const OUTS: u32 = 3001;
@@ -210,6 +210,14 @@ fn qemu_guest_exits_are_counted_exactly_at_the_guest_rips() {
     let loaded = recording::load(&rec).expect("the recording is saved");
     assert_eq!(loaded.meta.command_status, Some(QEMU_STATUS), "the guest reached its isa-debug-exit write");
     assert!(took < Duration::from_secs(60), "a QEMU boot and {} exits took {took:?}", OUTS + INS);
+    // Exact counts need every exit aggregated: SeaBIOS' boot (one MMIO key per framebuffer
+    // address it clears) must not fill the in-kernel exit map before the guest runs.
+    assert_eq!(
+        (loaded.meta.exit_keys_full, loaded.meta.threads_full),
+        (0, 0),
+        "in-kernel maps were full ({} exit keys recorded): exits were lost",
+        loaded.exits.len()
+    );
 
     let v = report_json(&rec, &["--by", "rip"]);
     assert_eq!(v["source"], detect_source().name());
@@ -318,9 +326,18 @@ fn follows_a_running_qemu_by_pid() {
     assert_eq!(rec.meta.pid, Some(pid));
     assert_eq!(rec.meta.command, None);
     assert_eq!(rec.meta.source, detect_source());
-    let io: Vec<_> = rec.exits.iter().filter(|e| e.reason.name() == io_reason()).collect();
-    assert_eq!(io.len(), 1, "in its loop the guest only writes its port: {:#?}", rec.exits);
-    let e = io[0];
+    let io: Vec<&Exit> = rec.exits.iter().filter(|e| e.reason.name() == io_reason()).collect();
+    // Attaching may fall inside one exit, after the `kvm_pio` that names its port (emulated
+    // source): that exit is seen without its port, once, at the same RIP.
+    let (with_port, straddling): (Vec<&Exit>, Vec<&Exit>) = io.iter().partition(|e| e.access != Access::None);
+    assert_eq!(with_port.len(), 1, "in its loop the guest only writes its port: {:#?}", rec.exits);
+    if let [s] = straddling.as_slice() {
+        assert!(!source_names_vcpu(), "kvm_exit names the exit before its port is traced: {s:?}");
+        assert_eq!((s.rip, s.stats.count), (out_rip, 1), "{s:?}");
+    } else {
+        assert!(straddling.is_empty(), "{:#?}", rec.exits);
+    }
+    let e = with_port[0];
     assert_eq!((e.rip, e.access), (out_rip, Access::Port { dir: Direction::Out, port: OUT_PORT }));
     assert_eq!(e.tgid, pid);
     let thread = &rec.threads[&e.tid];

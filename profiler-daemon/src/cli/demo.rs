@@ -19,7 +19,7 @@ pub struct DemoArgs {
     /// Work directory for recordings, disk images, the guest ELF and the SVG plots.
     #[arg(long, value_name = "DIR", default_value = "kvmprof-demo")]
     out: PathBuf,
-    /// The tinyvmm binary (default: next to this kvmprof).
+    /// The tinyvmm binary (default: next to this kvmprof; without it there, give its path).
     #[arg(long, value_name = "PATH")]
     tinyvmm: Option<PathBuf>,
     /// Sectors written by each disk run.
@@ -36,6 +36,9 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs) -> Result<i32> {
     if a.sectors == 0 || a.timer_seconds == 0 {
         anyhow::bail!("--sectors and --timer-seconds must be at least 1");
+    }
+    if let Some(p) = a.tinyvmm.as_ref().filter(|p| !p.is_file()) {
+        anyhow::bail!("--tinyvmm {}: no such file", p.display());
     }
     let res = demo::run(&DemoOptions { out: a.out, tinyvmm: a.tinyvmm, sectors: a.sectors, timer_seconds: a.timer_seconds, progress: !a.quiet })?;
     if a.json {

@@ -7,7 +7,7 @@ pub fn find_tinyvmm(given: Option<&Path>) -> Result<PathBuf> {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        bail!("tinyvmm not found at {} (--tinyvmm)", p.display());
+        bail!("tinyvmm not found at {}", p.display());
     }
     let exe = std::env::current_exe().context("cannot find the running kvmprof binary")?;
     let dir = exe.parent().unwrap_or(Path::new("."));
@@ -19,7 +19,7 @@ pub fn find_tinyvmm(given: Option<&Path>) -> Result<PathBuf> {
         }
     }
     bail!(
-        "tinyvmm not found next to kvmprof ({}): build it with `cargo build --release -p vmm`, or pass --tinyvmm PATH",
+        "tinyvmm not found next to kvmprof ({}): build it with `cargo build --release -p vmm`, or say where it is",
         dir.join("tinyvmm").display()
     )
 }

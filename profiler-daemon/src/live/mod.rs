@@ -1,5 +1,6 @@
 //! Root-only: loading and attaching the eBPF programs (the [`Session`]), the processes they
 //! trace, tracefs, the kernel's BTF, and the guest memory of a VMM.
+mod batch;
 pub mod btf;
 pub mod command;
 mod error;

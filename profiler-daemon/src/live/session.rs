@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
@@ -121,6 +121,8 @@ pub struct Session {
     /// Every thread seen so far, kept after it ends (marked `ended`).
     known_threads: BTreeMap<u32, ThreadInfo>,
     start_unix_ns: u64,
+    /// Possible CPUs: the number of values of each per-CPU map entry.
+    ncpus: usize,
 }
 
 fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LiveError> {
@@ -239,6 +241,7 @@ impl Session {
             vcpu_links,
             known_threads: BTreeMap::new(),
             start_unix_ns: unix_ns(),
+            ncpus: aya::util::nr_cpus().map_err(|(what, e)| LiveError::Kernel { what: "cannot count the possible CPUs", source: format!("{what}: {e}").into() })?,
         })
     }
 
@@ -321,11 +324,24 @@ impl Session {
 
     fn collect(&mut self, mut agg: Aggregate, finishing: bool) -> Result<Profile, LiveError> {
         let read = |source| LiveError::ReadMap { map: maps::EXITS, source };
-        for item in self.exits.iter() {
-            let (key, per_cpu) = item.map_err(read)?;
-            for stats in per_cpu.iter() {
-                agg.merge(key, stats);
+        match super::batch::per_cpu_entries::<ExitKey, ExitStats>(IterableMap::map(&self.exits), self.ncpus) {
+            Ok(entries) => {
+                for (key, per_cpu) in entries {
+                    for stats in &per_cpu {
+                        agg.merge(key, stats);
+                    }
+                }
             }
+            // Kernels before 5.6: one key at a time.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                for item in self.exits.iter() {
+                    let (key, per_cpu) = item.map_err(read)?;
+                    for stats in per_cpu.iter() {
+                        agg.merge(key, stats);
+                    }
+                }
+            }
+            Err(e) => return Err(read(aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error: e }))),
         }
         let mut states: Vec<ThreadState> = Vec::new();
         for item in self.threads.iter() {
