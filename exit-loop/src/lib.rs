@@ -7,6 +7,9 @@
 //!   snapshot taken during the pause must show exactly N exits there, the end N+M.
 //! - [`Options::in_delay`]: the VMM takes that long to answer each `in`, so exit times are a
 //!   known mix (fast `out`, slow `in`) for checking latency percentiles.
+//! - [`Options::outs_per_second`]: the VMM paces the `out`s to a known rate (it resumes the
+//!   guest after the i-th `out` no earlier than i/R seconds after the start), for checking
+//!   live rates (`kvmprof top`).
 //!
 //! Real-mode code at guest-physical [`LOAD_ADDR`], CS base 0, so linear address = RIP.
 use std::io::{BufRead, Write};
@@ -122,6 +125,10 @@ pub struct Options {
     /// Before the first `KVM_RUN`, print `ready` on stdout and wait for a line on stdin (so a
     /// tracer can attach to the created VM before the guest's first instruction).
     pub wait_before_start: bool,
+    /// Pace the `out`s to this many per second: after the i-th `out` the VMM sleeps until
+    /// `start + i / R` before resuming the guest. Absolute deadlines, so sleep overshoot does
+    /// not accumulate and the long-run rate is exactly R (while the guest can keep up).
+    pub outs_per_second: Option<f64>,
 }
 
 /// Waits for one line on stdin after saying `what` on stdout: the pause protocol.
@@ -133,6 +140,15 @@ fn handshake(what: &str) -> Result<()> {
         bail!("stdin closed while {what}");
     }
     Ok(())
+}
+
+/// Sleeps until `t0 + n / rate` (not at all if that is past).
+fn pace(t0: Instant, n: u64, rate: f64) {
+    let due = t0 + Duration::from_secs_f64(n as f64 / rate);
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
 }
 
 /// Runs the guest to its `hlt` and counts the exits the VMM saw.
@@ -171,7 +187,12 @@ pub fn run(guest: &ExitLoopGuest, opts: Options) -> Result<ExitLoopStats> {
         let exit = vcpu.run().context("KVM_RUN")?;
         st.exits += 1;
         match exit {
-            VcpuExit::IoOut(..) => st.outs += 1,
+            VcpuExit::IoOut(..) => {
+                st.outs += 1;
+                if let Some(rate) = opts.outs_per_second {
+                    pace(t0, st.outs, rate);
+                }
+            }
             VcpuExit::IoIn(port, data) if port == PAUSE_PORT && guest.pause_rip != 0 => {
                 st.pauses += 1;
                 let more = if resumed { 0 } else { guest.outs_after_pause };

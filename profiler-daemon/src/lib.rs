@@ -4,6 +4,7 @@
 //! `live` (eBPF programs, the Session) → `model` (typed exits, profiles, recordings) →
 //! `analysis` (reports, diffs, callers, percentiles) → `render` (text, JSON, SVG).
 //! `import` turns recorded tracepoint text into the model; `demo` runs the paper's experiments;
+//! `top` is the live terminal view (snapshot deltas of a live session);
 //! the command line (clap) is in the binary's `cli` module, not here.
 pub mod analysis;
 pub mod demo;
@@ -11,3 +12,4 @@ pub mod import;
 pub mod live;
 pub mod model;
 pub mod render;
+pub mod top;

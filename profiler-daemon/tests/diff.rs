@@ -50,10 +50,13 @@ fn names(rip: u64) -> Option<String> {
     }
 }
 
+/// `(rip, count before, count after, count change, count change %, time change ns)`.
+type RipChange = (Option<u64>, u64, u64, i64, Option<f64>, i64);
+
 #[test]
 fn by_rip_exact_changes_sorted_by_absolute_change() {
     let d = diff::build(&before(), &after(), DiffBy::Rip, &names);
-    let got: Vec<(Option<u64>, u64, u64, i64, Option<f64>, i64)> = d
+    let got: Vec<RipChange> = d
         .rows
         .iter()
         .map(|r| (r.rip, r.change.count_before, r.change.count_after, r.change.count_change, r.change.count_change_pct, r.change.time_change_ns))

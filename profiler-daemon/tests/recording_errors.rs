@@ -41,6 +41,9 @@ fn assert_refused(bad: &Path, good: &Path, needle: &str) {
     }
 }
 
+/// An edit of a recording's JSON.
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 fn mutated(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let good = good_recording(dir);
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
@@ -100,7 +103,7 @@ fn a_newer_format_version_asks_for_an_upgrade() {
 fn inconsistent_recordings_are_corrupt() {
     let dir = tmpdir();
     let good = good_recording(dir.path());
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         ("hist", Box::new(|v| v["exits"][0]["count"] = 7.into())),
         ("rip", Box::new(|v| v["exits"][0]["rip"] = "0xZZ".into())),
         ("buckets", Box::new(|v| v["exits"][0]["hist"] = serde_json::json!([1]))),
@@ -122,7 +125,7 @@ fn histograms_of_the_wrong_shape_for_their_version_are_corrupt() {
     let mut log2 = vec![0u64; LEGACY_LOG2_BUCKETS];
     log2[13] = 1;
     let log2 = serde_json::json!(log2);
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("v2-log2", Box::new(move |v| v["exits"][0]["hist"] = log2), "histogram is not [[bucket, count], ...]"),
         ("v2-range", Box::new(|v| v["exits"][0]["hist"] = serde_json::json!([[HIST_BUCKETS, 1]])), "histogram bucket 256 is out of range"),
         ("v2-sum", Box::new(|v| v["exits"][0]["hist"] = serde_json::json!([[91, 1], [92, 1]])), "histogram counts do not add up to count 1"),

@@ -219,7 +219,7 @@ fn vcpu_field(vcpu: u64, offset: &Global<u32>) -> Option<u64> {
 #[inline(always)]
 fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     // First, so the pointer is cached even for a VMM without a memory map: the daemon
-    // detaches the per-instruction program once every thread has one (Tracer::tick).
+    // detaches the per-instruction program once every thread has one (Session::poll).
     let vcpu = thread_vcpu(s, t);
     // SAFETY: `get` is unsafe because a preallocated hash entry replaced concurrently (the
     // daemon updating this VMM's map) may be reused and read torn. The value is plain integers

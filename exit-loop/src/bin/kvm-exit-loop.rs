@@ -38,6 +38,10 @@ struct Args {
     /// The VMM answers each `in` after this many microseconds (busy-waiting).
     #[arg(long, value_name = "US", default_value_t = 0)]
     in_delay_us: u64,
+    /// Pace the outs to R per second: after the i-th out the VMM waits until i/R seconds
+    /// after the start before resuming the guest (a known exit rate for live views).
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    outs_per_second: Option<f64>,
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -48,6 +52,13 @@ fn parse_port(s: &str) -> Result<u16, String> {
     n.and_then(|n| u16::try_from(n).ok()).ok_or_else(|| format!("not a port number (0 to 0xffff): {s}"))
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("not a positive rate: {s}")),
+    }
+}
+
 fn main() {
     let a = Args::parse();
     let guest = match a.pause_then_outs {
@@ -55,7 +66,7 @@ fn main() {
         Some(m) => ExitLoopGuest::paused(a.outs, m, a.out_port),
         None => ExitLoopGuest::new(a.outs, a.ins, a.out_port, a.in_port),
     };
-    let opts = Options { in_delay: Duration::from_micros(a.in_delay_us), wait_before_start: a.wait_for_go };
+    let opts = Options { in_delay: Duration::from_micros(a.in_delay_us), wait_before_start: a.wait_for_go, outs_per_second: a.outs_per_second };
     match run(&guest, opts) {
         Ok(st) => {
             let v = serde_json::json!({

@@ -13,6 +13,7 @@ mod record;
 mod report;
 mod symbolize;
 mod symbols;
+mod top;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,8 @@ enum Cmd {
     Diff(diff::DiffArgs),
     /// Run tinyvmm's bundled guest under the profiler and print the paper's comparisons.
     Demo(demo::DemoArgs),
+    /// Live view of VM exits per second by guest function, RIP, reason, port or vCPU.
+    Top(top::TopArgs),
 }
 
 /// Runs one command; the exit code on success.
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Symbolize(a) => symbolize::run(&a),
         Cmd::Import(a) => import::run(a),
         Cmd::Check(a) => check::run(a),
+        Cmd::Top(a) => top::run(a),
     }
 }
 
