@@ -146,6 +146,21 @@ impl ExitStats {
     }
 }
 
+/// Count and total time of the exits of one key that found `EXITS` full (`EXITS_OVERFLOW`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountTime {
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+impl CountTime {
+    /// The same counts as an `ExitStats` whose histogram is empty (no time distribution kept).
+    pub fn to_stats(self) -> ExitStats {
+        ExitStats { count: self.count, total_ns: self.total_ns, ..ExitStats::default() }
+    }
+}
+
 /// One finished exit as streamed through the ring buffer (`record --records`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -179,4 +194,6 @@ mod pod {
     unsafe impl aya::Pod for super::ThreadState {}
     // SAFETY: repr(C), an ExitKey (Pod, size a multiple of 8) and u64s.
     unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: repr(C), two u64, no padding.
+    unsafe impl aya::Pod for super::CountTime {}
 }

@@ -37,7 +37,7 @@ use aya_ebpf::{
 use profiler_common::{
     counter, detail, kvm_exit,
     guest::{self, GuestMemMap, Paging},
-    maps, mmio_type, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE,
+    maps, mmio_type, CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE,
     REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
@@ -97,6 +97,10 @@ static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static EXITS: PerCpuHashMap<ExitKey, ExitStats> =
     PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
+/// Exits of keys that found `EXITS` full: count and time only (see maps::EXITS_OVERFLOW).
+#[map]
+static EXITS_OVERFLOW: PerCpuHashMap<ExitKey, CountTime> =
+    PerCpuHashMap::with_max_entries(maps::EXITS_OVERFLOW_MAX_ENTRIES, 0);
 #[map]
 static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(maps::THREADS_MAX_ENTRIES, 0);
 #[map]
@@ -186,8 +190,8 @@ fn charge(rec: Option<ExitRecord>) {
     match stats {
         // SAFETY: a non-null pointer to this CPU's slot of an EXITS entry: one writer.
         Some(stats) => unsafe { (*stats).add(rec.duration_ns) },
-        // Full (EXITS_MAX_ENTRIES).
-        None => bump(counter::EXIT_KEYS_FULL),
+        // EXITS is full (EXITS_MAX_ENTRIES): count it without a histogram.
+        None => charge_overflow(&rec),
     }
     if STREAM_RECORDS.load() != 0 {
         match RECORDS.reserve::<ExitRecord>(0) {
@@ -197,6 +201,28 @@ fn charge(rec: Option<ExitRecord>) {
             }
             None => bump(counter::RECORDS_DROPPED),
         }
+    }
+}
+
+/// Counts an exit whose key found `EXITS` full in `EXITS_OVERFLOW`; only when that is full
+/// too is it lost (and counted as lost).
+#[inline(always)]
+fn charge_overflow(rec: &ExitRecord) {
+    let slot = match EXITS_OVERFLOW.get_ptr_mut(rec.key) {
+        Some(s) => Some(s),
+        None => {
+            // BPF_NOEXIST, as for EXITS: another CPU's insert of the same key wins.
+            let _ = EXITS_OVERFLOW.insert(rec.key, CountTime::default(), BPF_NOEXIST as u64);
+            EXITS_OVERFLOW.get_ptr_mut(rec.key)
+        }
+    };
+    match slot {
+        // SAFETY: a non-null pointer to this CPU's slot of an EXITS_OVERFLOW entry: one writer.
+        Some(s) => unsafe {
+            (*s).count += 1;
+            (*s).total_ns += rec.duration_ns;
+        },
+        None => bump(counter::EXIT_KEYS_FULL),
     }
 }
 

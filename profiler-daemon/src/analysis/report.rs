@@ -94,6 +94,9 @@ pub enum Note {
     RecordsDropped(u64),
     /// In-kernel maps were full: exits and thread events lost.
     MapsFull { exits: u64, thread_events: u64 },
+    /// Some exits have count and time but no histogram (counted after the in-kernel exit map
+    /// filled): the percentiles are of the others.
+    PartialHistograms { without: u64, total: u64 },
 }
 
 /// Everything a report prints, before formatting.
@@ -233,6 +236,11 @@ fn notes(profile: &Profile, by: GroupBy) -> Vec<Note> {
     if by == GroupBy::Caller {
         let (unknown, total) = super::callers::unknown_callers(&profile.exits);
         notes.push(Note::UnknownCallers { unknown, total });
+    }
+    let timed: u64 = profile.exits.iter().map(|e| e.stats.hist.iter().sum::<u64>()).sum();
+    let total = profile.total_exits();
+    if timed < total {
+        notes.push(Note::PartialHistograms { without: total - timed, total });
     }
     let m = &profile.meta;
     if m.unfinished_exits > 0 {

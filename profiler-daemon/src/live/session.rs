@@ -10,7 +10,7 @@ use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::guest::GuestMemMap;
-use profiler_common::{counter, globals, maps, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
+use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
 
 use super::error::LiveError;
 use super::targets::thread_alive;
@@ -111,6 +111,7 @@ pub struct Session {
     ebpf: Option<Ebpf>,
     control: Array<MapData, u32>,
     exits: PerCpuHashMap<MapData, ExitKey, ExitStats>,
+    exits_overflow: PerCpuHashMap<MapData, ExitKey, CountTime>,
     threads: HashMap<MapData, u32, ThreadState>,
     counters: PerCpuArray<MapData, u64>,
     records: Option<RingBuf<MapData>>,
@@ -221,6 +222,8 @@ impl Session {
 
         let map_type = |map: &'static str| move |source| LiveError::MapType { map, source };
         let exits = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::EXITS)?).map_err(map_type(maps::EXITS))?;
+        let exits_overflow =
+            PerCpuHashMap::try_from(take_map(&mut ebpf, maps::EXITS_OVERFLOW)?).map_err(map_type(maps::EXITS_OVERFLOW))?;
         let threads = HashMap::try_from(take_map(&mut ebpf, maps::THREADS)?).map_err(map_type(maps::THREADS))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, maps::COUNTERS)?).map_err(map_type(maps::COUNTERS))?;
         let records = if cfg.records { Some(RingBuf::try_from(take_map(&mut ebpf, maps::RECORDS)?).map_err(map_type(maps::RECORDS))?) } else { None };
@@ -233,6 +236,7 @@ impl Session {
             ebpf: Some(ebpf),
             control,
             exits,
+            exits_overflow,
             threads,
             counters,
             records,
@@ -323,25 +327,15 @@ impl Session {
     }
 
     fn collect(&mut self, mut agg: Aggregate, finishing: bool) -> Result<Profile, LiveError> {
-        let read = |source| LiveError::ReadMap { map: maps::EXITS, source };
-        match super::batch::per_cpu_entries::<ExitKey, ExitStats>(IterableMap::map(&self.exits), self.ncpus) {
-            Ok(entries) => {
-                for (key, per_cpu) in entries {
-                    for stats in &per_cpu {
-                        agg.merge(key, stats);
-                    }
-                }
+        for (key, per_cpu) in read_per_cpu(&self.exits, maps::EXITS, self.ncpus)? {
+            for stats in &per_cpu {
+                agg.merge(key, stats);
             }
-            // Kernels before 5.6: one key at a time.
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                for item in self.exits.iter() {
-                    let (key, per_cpu) = item.map_err(read)?;
-                    for stats in per_cpu.iter() {
-                        agg.merge(key, stats);
-                    }
-                }
+        }
+        for (key, per_cpu) in read_per_cpu(&self.exits_overflow, maps::EXITS_OVERFLOW, self.ncpus)? {
+            for ct in &per_cpu {
+                agg.merge(key, &ct.to_stats());
             }
-            Err(e) => return Err(read(aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error: e }))),
         }
         let mut states: Vec<ThreadState> = Vec::new();
         for item in self.threads.iter() {
@@ -383,6 +377,19 @@ impl Session {
         let (mut profile, undecodable) = agg.into_profile(meta, self.known_threads.clone());
         profile.meta.exit_keys_full += undecodable as u64;
         Ok(profile)
+    }
+}
+
+/// Every entry of a per-CPU hash map: in batches where the kernel can, else key by key.
+fn read_per_cpu<V: aya::Pod>(map: &PerCpuHashMap<MapData, ExitKey, V>, name: &'static str, ncpus: usize) -> Result<Vec<(ExitKey, Vec<V>)>, LiveError> {
+    let read = |source| LiveError::ReadMap { map: name, source };
+    match super::batch::per_cpu_entries::<ExitKey, V>(IterableMap::map(map), ncpus) {
+        Ok(entries) => Ok(entries),
+        // Kernels before 5.6: one key at a time.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            map.iter().map(|item| item.map(|(k, v)| (k, v.iter().copied().collect())).map_err(read)).collect()
+        }
+        Err(e) => Err(read(aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error: e }))),
     }
 }
 

@@ -33,6 +33,9 @@ pub fn note_text(n: &Note) -> String {
         }
         Note::Unfinished(n) => format!("{n} exit(s) were still open when recording stopped (e.g. a final HLT); their time is what was measured before that"),
         Note::RecordsDropped(n) => format!("{n} streamed records were dropped (the totals include them)"),
+        Note::PartialHistograms { without, total } => format!(
+            "{without} of {total} exits came after the in-kernel exit map was full: they are counted with their time, but p50/p99 leave them out (no histogram)"
+        ),
         Note::MapsFull { exits, thread_events } => format!("in-kernel maps were full: {exits} exits and {thread_events} thread events were lost"),
     }
 }
