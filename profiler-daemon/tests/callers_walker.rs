@@ -8,7 +8,7 @@ use profiler_common::guest::{self, GuestMemMap, MemRegion, Paging};
 use profiler_common::{hist_bucket, hist_bucket_value};
 use profiler_daemon::analysis::report::{self, Caller, GroupBy, Note};
 use profiler_daemon::live::btf;
-use profiler_daemon::live::guest_memory::{walk_frames, MemoryMap};
+use profiler_daemon::live::guest_memory::MemoryMap;
 use profiler_daemon::model::{recording, Profile};
 use profiler_daemon::render::report::{note_text, render, Format};
 
@@ -50,6 +50,25 @@ fn tables() -> Mem {
     m.put(0x3000 + idx(0xffff_8000_0040_0000, 21) * 8, 0x60_0000 | P | W | PS);
     m.put(0x2000 + idx(0xffff_8000_4000_0000, 30) * 8, 0x8000_0000 | P | W | PS);
     m
+}
+
+/// The frame-pointer chain as the eBPF walker follows it, one frame further each step (the
+/// library reads only the first frame; a multi-frame walk is this test's ground truth).
+/// Return addresses of up to `max` frames, innermost first, following the saved-RBP chain
+/// from `rbp`. Stops at the first unreadable frame, or when the chain does not go up the
+/// stack (garbage or the outermost frame).
+fn walk_frames(p: &Paging, mut rbp: u64, max: usize, read_phys: &dyn Fn(u64) -> Option<u64>) -> Vec<u64> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        let Some(ra) = guest::return_address(p, rbp, read_phys) else { break };
+        out.push(ra);
+        let next = guest::translate(p, rbp, read_phys).and_then(read_phys);
+        match next {
+            Some(n) if n > rbp => rbp = n,
+            _ => break,
+        }
+    }
+    out
 }
 
 #[test]

@@ -156,7 +156,7 @@ fn exit_sites_beyond_the_map_are_still_counted_exactly() {
     require_live();
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const PORTS: u32 = 12000;
-    assert!(PORTS > profiler_common::maps::EXITS_MAX_ENTRIES);
+    const { assert!(PORTS > profiler_common::maps::EXITS_MAX_ENTRIES) };
     let fin = sweep(PORTS);
     assert_eq!((fin.meta.exit_keys_full, fin.meta.threads_full), (0, 0), "nothing lost");
     assert_eq!(ports_counted_once(&fin, PORTS).len(), PORTS as usize, "one exit site per port, each counted once");

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use profiler_common::guest::{self, GuestMemMap, MemRegion, Paging, MAX_REGIONS};
+use profiler_common::guest::{GuestMemMap, MemRegion, MAX_REGIONS};
 use serde_json::Value;
 
 use super::session::GuestMemoryMap;
@@ -124,23 +124,6 @@ impl ProcMem {
         }
         Ok(())
     }
-}
-
-/// Return addresses of up to `max` frames, innermost first, following the saved-RBP chain
-/// from `rbp`. Stops at the first unreadable frame, or when the chain does not go up the
-/// stack (garbage or the outermost frame).
-pub fn walk_frames(p: &Paging, mut rbp: u64, max: usize, read_phys: &dyn Fn(u64) -> Option<u64>) -> Vec<u64> {
-    let mut out = Vec::new();
-    while out.len() < max {
-        let Some(ra) = guest::return_address(p, rbp, read_phys) else { break };
-        out.push(ra);
-        let next = guest::translate(p, rbp, read_phys).and_then(read_phys);
-        match next {
-            Some(n) if n > rbp => rbp = n,
-            _ => break,
-        }
-    }
-    out
 }
 
 /// Where the map of a recorded command comes from.
