@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// command-line options: the caller knows how its user gave them and can add that.
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolizeError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

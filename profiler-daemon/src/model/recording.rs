@@ -39,9 +39,9 @@ pub const VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
-    #[error("cannot write recording {path}: {source}")]
+    #[error("cannot write recording {path}")]
     Write { path: String, source: std::io::Error },
     #[error("{path} is truncated (it ends at byte {len} in the middle of the data): the recording was cut short; record it again")]
     Truncated { path: String, len: u64 },
