@@ -4,7 +4,8 @@
 //! `live` (eBPF programs, the Session) → `model` (typed exits, profiles, recordings) →
 //! `analysis` (reports, diffs, callers, percentiles) → `render` (text, JSON, SVG).
 //! `import` turns recorded tracepoint text into the model; `demo` runs the paper's experiments;
-//! `top` is the live terminal view (snapshot deltas of a live session);
+//! `top` is the live terminal view (snapshot deltas of a live session); `serve` the Prometheus
+//! exporter (a daemon around one host-wide session);
 //! the command line (clap) is in the binary's `cli` module, not here.
 pub mod analysis;
 pub mod demo;
@@ -12,4 +13,5 @@ pub mod import;
 pub mod live;
 pub mod model;
 pub mod render;
+pub mod serve;
 pub mod top;

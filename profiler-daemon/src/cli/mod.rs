@@ -11,6 +11,7 @@ mod diff;
 mod import;
 mod record;
 mod report;
+mod serve;
 mod symbolize;
 mod symbols;
 mod top;
@@ -53,6 +54,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Live view of VM exits per second by guest function, RIP, reason, port or vCPU.
     Top(top::TopArgs),
+    /// Always-on exporter: every VM's exits as Prometheus metrics (/metrics) and pprof.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs one command; the exit code on success.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Import(a) => import::run(a),
         Cmd::Check(a) => check::run(a),
         Cmd::Top(a) => top::run(a),
+        Cmd::Serve(a) => serve::run(a),
     }
 }
 

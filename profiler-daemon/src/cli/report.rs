@@ -1,7 +1,9 @@
 //! `kvmprof report`.
 use std::path::PathBuf;
 
-use anyhow::Result;
+use std::io::IsTerminal;
+
+use anyhow::{anyhow, Context, Result};
 use clap::ValueEnum;
 use profiler_daemon::analysis::report::{self, GroupBy};
 use profiler_daemon::model::recording;
@@ -46,6 +48,9 @@ pub enum FormatArg {
     /// Folded stacks (`caller;function;reason count`, weight = exits) for flame graphs:
     /// `inferno-flamegraph` / `flamegraph.pl`, or `kvmprof report --svg FILE`.
     Folded,
+    /// A gzipped pprof profile (binary; give -o FILE): stacks caller -> function -> reason,
+    /// values exits and exit time (ns), for `go tool pprof`, Pyroscope, Parca.
+    Pprof,
 }
 
 impl From<FormatArg> for Format {
@@ -55,6 +60,8 @@ impl From<FormatArg> for Format {
             FormatArg::Json => Format::Json,
             FormatArg::Csv => Format::Csv,
             FormatArg::Folded => Format::Folded,
+            // Binary: written by `run` before any text format is chosen.
+            FormatArg::Pprof => Format::Folded,
         }
     }
 }
@@ -82,12 +89,23 @@ pub struct ReportArgs {
     /// Also write a flame graph of the exits (stack caller;function;reason) to FILE as SVG.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Write the output to FILE instead of stdout (needed for --format pprof on a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 pub fn run(a: ReportArgs) -> Result<i32> {
     let rec = recording::load(&a.file)?;
     let sym = a.symbols.load((a.by == GroupByArg::Function).then_some("--by function"))?;
     let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
+    if a.format == FormatArg::Pprof {
+        let gz = render::pprof::from_profile(&rec, &resolve);
+        return match &a.output {
+            Some(path) => write_file(path, &gz),
+            None if std::io::stdout().is_terminal() => Err(anyhow!("--format pprof is binary: give -o FILE (or redirect stdout)")),
+            None => emit_bytes(&gz),
+        };
+    }
     let rep = report::build(&rec, a.by.into(), &resolve);
     let format = Format::from(a.format);
     let top = a.top.or((format == Format::Table).then_some(25));
@@ -95,5 +113,23 @@ pub fn run(a: ReportArgs) -> Result<i32> {
         let title = format!("VM exits of {}", a.file.display());
         render::flame::write_svg(&render::report::render(&rep, Format::Folded, None), &title, path)?;
     }
-    super::emit(&render::report::render(&rep, format, top))
+    let text = render::report::render(&rep, format, top);
+    match &a.output {
+        Some(path) => write_file(path, text.as_bytes()),
+        None => super::emit(&text),
+    }
+}
+
+/// Binary output to stdout; a closed pipe is not an error (as `super::emit`).
+fn emit_bytes(bytes: &[u8]) -> Result<i32> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        r => r.map(|_| 0).context("writing the output"),
+    }
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<i32> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(0)
 }

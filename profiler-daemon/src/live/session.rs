@@ -326,6 +326,81 @@ impl Session {
         self.collect(agg, true)
     }
 
+    /// How many programs are attached now (the per-instruction vcpu-noting ones only while
+    /// needed, see [`Session::poll`]); 0 once finished.
+    pub fn attached_programs(&self) -> usize {
+        if self.ebpf.is_none() {
+            return 0;
+        }
+        let s = self.cfg.source;
+        s.tracepoints().len() + s.raw_programs().len() + self.vcpu_links.iter().filter(|(_, _, l)| l.is_some()).count()
+    }
+
+    /// Threads that have a state in the kernel (each thread that exited at least once and
+    /// was not forgotten). Keys only: one system call per thread.
+    pub fn thread_ids(&self) -> Vec<u32> {
+        self.threads.keys().flatten().collect()
+    }
+
+    /// For processes that have ended: reads their exits one last time (exits still open are
+    /// charged as [`Session::finish`] does: a VMM's last exit, e.g. the write that ends the
+    /// guest, never re-enters the guest), then deletes every in-kernel entry they left
+    /// (exit keys, thread states, guest memory maps) and forgets their threads. A session
+    /// that runs for days (`serve`) would otherwise fill its maps with dead VMs' keys, after
+    /// which new exits lose their histograms and then their counts. The returned exits are
+    /// no longer in later snapshots. Call it only for processes that are gone: a process
+    /// that is still running keeps counting from zero.
+    pub fn forget_processes(&mut self, tgids: &std::collections::BTreeSet<u32>) -> Result<Vec<crate::model::Exit>, LiveError> {
+        if tgids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut agg = Aggregate::new(false);
+        let mut exit_keys = Vec::new();
+        for (key, per_cpu) in read_per_cpu(&self.exits, maps::EXITS, self.ncpus)? {
+            if tgids.contains(&key.tgid) {
+                per_cpu.iter().for_each(|stats| agg.merge(key, stats));
+                exit_keys.push(key);
+            }
+        }
+        let mut overflow_keys = Vec::new();
+        for (key, per_cpu) in read_per_cpu(&self.exits_overflow, maps::EXITS_OVERFLOW, self.ncpus)? {
+            if tgids.contains(&key.tgid) {
+                per_cpu.iter().for_each(|ct| agg.merge(key, &ct.to_stats()));
+                overflow_keys.push(key);
+            }
+        }
+        let mut states = Vec::new();
+        for item in self.threads.iter() {
+            let (tid, state) = item.map_err(|source| LiveError::ReadMap { map: maps::THREADS, source })?;
+            if tgids.contains(&state.tgid) {
+                states.push((tid, state));
+            }
+        }
+        agg.finish_threads(states.iter_mut().map(|(_, s)| s));
+        // Deleting can race only with the programs of a new process that got a recycled PID
+        // within one interval; a key already gone (NotFound) is not an error.
+        let gone = |r: Result<(), aya::maps::MapError>, map: &'static str| match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(LiveError::WriteMap { map, source }),
+        };
+        for k in &exit_keys {
+            gone(self.exits.remove(k), maps::EXITS)?;
+        }
+        for k in &overflow_keys {
+            gone(self.exits_overflow.remove(k), maps::EXITS_OVERFLOW)?;
+        }
+        for (tid, _) in &states {
+            gone(self.threads.remove(tid), maps::THREADS)?;
+        }
+        if let Some(gm) = &mut self.guest_memory {
+            for t in tgids {
+                gone(gm.remove(t), maps::GUEST_MEMORY)?;
+            }
+        }
+        self.known_threads.retain(|_, info| !tgids.contains(&info.tgid));
+        Ok(agg.exits.iter().filter_map(|(k, s)| crate::model::Exit::from_key(k, *s).ok()).collect())
+    }
+
     fn collect(&mut self, mut agg: Aggregate, finishing: bool) -> Result<Profile, LiveError> {
         for (key, per_cpu) in read_per_cpu(&self.exits, maps::EXITS, self.ncpus)? {
             for stats in &per_cpu {

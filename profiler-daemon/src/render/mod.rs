@@ -3,6 +3,7 @@
 pub mod diff;
 pub mod flame;
 pub mod plot;
+pub mod pprof;
 pub mod report;
 pub mod symbolize;
 pub mod table;
