@@ -42,13 +42,9 @@ pub struct MemoryMap {
 fn number(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) => {
-            let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"));
-            match h {
-                Some(h) => u64::from_str_radix(h, 16).ok(),
-                None => s.parse().ok(),
-            }
-        }
+        // "0x7f.." in hex, else decimal.
+        Value::String(s) if s.starts_with("0x") || s.starts_with("0X") => profiler_common::parse_hex(s),
+        Value::String(s) => s.parse().ok(),
         _ => None,
     }
 }
