@@ -17,8 +17,9 @@ mkdir -p "$CACHE"
 # --- Debian packages ---------------------------------------------------------------------
 # qemu-system-x86: the README's "profile your own QEMU guest"; bpftool: inspecting the loaded
 # programs; binutils, gcc, g++: the symbolizer tests build C/C++ programs and compare against
-# addr2line.
-want_pkgs=(qemu-system-x86 bpftool binutils gcc g++)
+# addr2line; prometheus: the `kvmprof serve` tests start a real Prometheus server on loopback
+# and check what it scraped (and that every Grafana dashboard expression returns data).
+want_pkgs=(qemu-system-x86 bpftool binutils gcc g++ prometheus)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>"$CACHE/apt.log" \
     || { cat "$CACHE/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
+  # The package enables a system Prometheus on every address (:9090). The tests only need the
+  # binary, so a server that setup itself just installed is not left running or enabled; a
+  # Prometheus the machine already had is not touched.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # --- Rust toolchain pieces -----------------------------------------------------------------

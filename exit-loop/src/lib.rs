@@ -5,6 +5,9 @@
 //! - [`ExitLoopGuest::paused`]: N `out`, then a pause (an `in` from [`PAUSE_PORT`] that the VMM
 //!   answers only when told to go on), then M more `out` **at the same RIP**, then `hlt`: a
 //!   snapshot taken during the pause must show exactly N exits there, the end N+M.
+//! - [`ExitLoopGuest::interleaved`]: rounds of two `out`s in one place ("function A"), guest
+//!   work, two `out`s in another ("function B"), guest work: runs of successive exits that
+//!   must not merge across the work (`kvmprof advise`).
 //! - [`Options::in_delay`]: the VMM takes that long to answer each `in`, so exit times are a
 //!   known mix (fast `out`, slow `in`) for checking latency percentiles.
 //! - [`Options::outs_per_second`]: the VMM paces the `out`s to a known rate (it resumes the
@@ -36,6 +39,10 @@ pub struct ExitLoopGuest {
     pub hlt_rip: u64,
     /// `out`s after the pause (paused guests only).
     pub outs_after_pause: u32,
+    /// Interleaved guests only (else 0): the first `out` of "function B" (that of "function
+    /// A" is `out_rip`). Each `out` is followed by `inc dx` (1 byte), so the second of a pair
+    /// is 2 bytes after the first.
+    pub second_rip: u64,
 }
 
 impl ExitLoopGuest {
@@ -45,7 +52,37 @@ impl ExitLoopGuest {
         let in_rip = emit_port_loop(&mut c, ins, in_port, 0xEC); // in al, dx
         let hlt_rip = LOAD_ADDR + c.len() as u64;
         c.push(0xF4); // hlt
-        ExitLoopGuest { code: c, out_rip, in_rip, pause_rip: 0, hlt_rip, outs_after_pause: 0 }
+        ExitLoopGuest { code: c, out_rip, in_rip, pause_rip: 0, hlt_rip, outs_after_pause: 0, second_rip: 0 }
+    }
+
+    /// `rounds` times: "function A" writes ports P and P+1 back to back, the guest works for
+    /// `work` iterations of `dec ebx; jnz` (2 emulated instructions each), "function B" writes
+    /// P+2 and P+3, the guest works again; then `hlt`. 4 × `rounds` exits.
+    /// `mov ecx, rounds; top: mov dx, P; out; inc dx; out; <work>; mov dx, P+2; out; inc dx;
+    /// out; <work>; dec ecx; jnz top; hlt`, `<work>` = `mov ebx, work; inc ebx; w: dec ebx; jnz w`.
+    pub fn interleaved(rounds: u32, work: u32, port: u16) -> ExitLoopGuest {
+        let mut c = vec![0x66, 0xB9]; // mov ecx, imm32
+        c.extend_from_slice(&rounds.to_le_bytes());
+        let top = c.len();
+        let pair = |c: &mut Vec<u8>, p: u16| -> u64 {
+            c.push(0xBA); // mov dx, imm16
+            c.extend_from_slice(&p.to_le_bytes());
+            let at = LOAD_ADDR + c.len() as u64;
+            c.extend_from_slice(&[0xEE, 0x42, 0xEE]); // out dx, al; inc dx; out dx, al
+            c.extend_from_slice(&[0x66, 0xBB]); // mov ebx, imm32
+            c.extend_from_slice(&work.to_le_bytes());
+            c.extend_from_slice(&[0x66, 0x43]); // inc ebx
+            c.extend_from_slice(&[0x66, 0x4B, 0x75, 0xFC]); // w: dec ebx; jnz w
+            at
+        };
+        let out_rip = pair(&mut c, port);
+        let second_rip = pair(&mut c, port.wrapping_add(2));
+        c.extend_from_slice(&[0x66, 0x49]); // dec ecx
+        let back = top as i64 - (c.len() as i64 + 2);
+        c.extend_from_slice(&[0x75, i8::try_from(back).expect("short jump") as u8]); // jnz top
+        let hlt_rip = LOAD_ADDR + c.len() as u64;
+        c.push(0xF4);
+        ExitLoopGuest { code: c, out_rip, in_rip: 0, pause_rip: 0, hlt_rip, outs_after_pause: 0, second_rip }
     }
 
     /// N `out`s to N successive ports from `first_port` (wrapping), one at a time, then `hlt`:
@@ -63,7 +100,7 @@ impl ExitLoopGuest {
         c.extend_from_slice(&[0x75, 0xFA]); // jnz -6: back to out
         let hlt_rip = LOAD_ADDR + c.len() as u64;
         c.push(0xF4);
-        ExitLoopGuest { code: c, out_rip, in_rip: 0, pause_rip: 0, hlt_rip, outs_after_pause: 0 }
+        ExitLoopGuest { code: c, out_rip, in_rip: 0, pause_rip: 0, hlt_rip, outs_after_pause: 0, second_rip: 0 }
     }
 
     /// `mov ecx, N; again: mov dx, port; test ecx, ecx; jz pause; l: out dx, al; dec ecx; jnz l;
@@ -83,7 +120,7 @@ impl ExitLoopGuest {
         c.extend_from_slice(&[0x75, i8::try_from(back).expect("short jump") as u8]); // jnz again
         let hlt_rip = LOAD_ADDR + c.len() as u64;
         c.push(0xF4);
-        ExitLoopGuest { code: c, out_rip, in_rip: 0, pause_rip, hlt_rip, outs_after_pause: after }
+        ExitLoopGuest { code: c, out_rip, in_rip: 0, pause_rip, hlt_rip, outs_after_pause: after, second_rip: 0 }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod guest;
 mod hex;
 mod hist;
 mod loader;
+pub mod runs;
 mod state;
 
 pub use hex::parse_hex;
@@ -175,7 +176,8 @@ pub struct ExitRecord {
 // the daemon, with recording files: a change must be deliberate, not a side effect.
 const _: () = assert!(core::mem::size_of::<ExitKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 112);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 112 + core::mem::size_of::<runs::RunState>());
+const _: () = assert!(core::mem::size_of::<runs::RunState>() == 304);
 const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
 
 #[cfg(feature = "user")]
@@ -196,4 +198,8 @@ mod pod {
     unsafe impl aya::Pod for super::ExitRecord {}
     // SAFETY: repr(C), two u64, no padding.
     unsafe impl aya::Pod for super::CountTime {}
+    // SAFETY: repr(C), u32, u32, u64: no padding.
+    unsafe impl aya::Pod for super::runs::RunKey {}
+    // SAFETY: repr(C), u64s, an array of u64 pairs, and `_pad` filling the tail after `kind`.
+    unsafe impl aya::Pod for super::runs::RunStats {}
 }

@@ -33,6 +33,14 @@ pub mod maps {
     /// traced VMM, filled by the daemon (from `--guest-memory-map` or tinyvmm's `--memory-map`).
     pub const GUEST_MEMORY: &str = "GUEST_MEMORY";
     pub const GUEST_MEMORY_MAX_ENTRIES: u32 = 256;
+    /// `PerCpuHashMap<runs::RunKey, runs::RunStats>`: runs of successive I/O exits by
+    /// signature (see [`crate::runs`]). Runs are far fewer than exits (one per driver request
+    /// at most); a signature that finds the map full is counted in `counter::RUNS_FULL`.
+    pub const RUNS: &str = "RUNS";
+    pub const RUNS_MAX_ENTRIES: u32 = 4096;
+    /// `Array<ThreadState>` of one all-zero slot, read-only to the programs: the initial value
+    /// of a new THREADS entry (a ThreadState is too big to build on the 512-byte BPF stack).
+    pub const ZERO_THREAD: &str = "ZERO_THREAD";
 }
 
 /// Indexes into the `COUNTERS` map: everything that was lost is counted, never silent.
@@ -43,7 +51,9 @@ pub mod counter {
     pub const EXIT_KEYS_FULL: u32 = 1;
     /// Events ignored because `THREADS` was full.
     pub const THREADS_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Runs not aggregated because `RUNS` was full.
+    pub const RUNS_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Read-only globals (besides the field offsets) the loader sets.
@@ -54,6 +64,9 @@ pub mod globals {
     pub const STREAM_RECORDS: &str = "STREAM_RECORDS";
     /// `u8`: 1 = hw source (`kvm_pio`/`kvm_mmio` only add detail to a `kvm_exit`).
     pub const HW_SOURCE: &str = "HW_SOURCE";
+    /// `u64`: the longest gap (ns) between an exit's re-entry and the next exit that still
+    /// extends a run of successive I/O exits (see [`crate::runs`]).
+    pub const MAX_GAP_NS: &str = "MAX_GAP_NS";
 }
 
 /// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the

@@ -1,5 +1,6 @@
 //! The per-thread state machine that turns KVM tracepoint events into exits: run by the eBPF
 //! programs live and by `kvmprof import` over recorded text, so both aggregate alike.
+use crate::runs::RunState;
 use crate::{detail, isa, kvm_exit, ExitKey, ExitRecord, NO_VCPU};
 
 /// An exit that has begun and not yet been charged.
@@ -42,6 +43,8 @@ pub struct ThreadState {
     /// The thread's `struct kvm_vcpu *` (kernel address), as last seen by the raw tracepoint
     /// on `kvm_emulate_insn` / `kvm_exit`: the guest registers are read from it at each exit.
     pub vcpu_ptr: u64,
+    /// The run of successive I/O exits this thread is in ([`crate::runs`]).
+    pub run: RunState,
 }
 
 /// Who ran the event: the VMM process and its vCPU thread.

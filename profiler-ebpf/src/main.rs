@@ -37,8 +37,10 @@ use aya_ebpf::{
 use profiler_common::{
     counter, detail, kvm_exit,
     guest::{self, GuestMemMap, Paging},
-    maps, mmio_type, CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE,
-    REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
+    maps, mmio_type,
+    runs::{RunKey, RunStats},
+    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE, REGS_AVAIL_RSP,
+    UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
 // Read-only globals, set by the loader (`EbpfLoader::override_global`, names from
@@ -52,6 +54,9 @@ static TARGET_TGID: Global<u32> = Global::new(0);
 static STREAM_RECORDS: Global<u8> = Global::new(0);
 #[no_mangle]
 static HW_SOURCE: Global<u8> = Global::new(0);
+/// profiler_common::globals::MAX_GAP_NS (run detection).
+#[no_mangle]
+static MAX_GAP_NS: Global<u64> = Global::new(0);
 // Tracepoint field offsets from the running kernel's format files (classic kvm_exit only).
 #[no_mangle]
 static EXIT_REASON: Global<u32> = Global::new(0);
@@ -110,6 +115,13 @@ static RECORDS: RingBuf = RingBuf::with_byte_size(maps::RECORDS_BYTES, 0);
 /// BPF_F_RDONLY_PROG makes the verifier reject any program store into it, so it stays zero.
 #[map]
 static ZERO_STATS: Array<ExitStats> = Array::with_max_entries(1, BPF_F_RDONLY_PROG);
+/// Runs of successive I/O exits by signature (profiler_common::runs, maps::RUNS).
+#[map]
+static RUNS: PerCpuHashMap<RunKey, RunStats> = PerCpuHashMap::with_max_entries(maps::RUNS_MAX_ENTRIES, 0);
+/// An all-zero `ThreadState`, the initial value of a new THREADS entry (as ZERO_STATS: too big
+/// for the BPF stack, and read-only to the programs so it stays zero).
+#[map]
+static ZERO_THREAD: Array<ThreadState> = Array::with_max_entries(1, BPF_F_RDONLY_PROG);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
@@ -161,13 +173,52 @@ fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
         // ('static is wider than true; callers keep it only for the current program run.)
         return Some(unsafe { &mut *s });
     }
-    let fresh = ThreadState { comm: bpf_get_current_comm().unwrap_or([0; 16]), tgid: t.tgid, ..ThreadState::default() };
-    if THREADS.insert(t.tid, fresh, 0).is_err() {
+    // A new thread: zeros copied map to map, then its name and process set in place.
+    let zero = ZERO_THREAD.get(0)?;
+    if THREADS.insert(t.tid, zero, 0).is_err() {
         bump(counter::THREADS_FULL);
         return None;
     }
     // SAFETY: as above, the entry just inserted for this thread.
-    THREADS.get_ptr_mut(t.tid).map(|s| unsafe { &mut *s })
+    let s = THREADS.get_ptr_mut(t.tid).map(|s| unsafe { &mut *s })?;
+    s.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    s.tgid = t.tgid;
+    Some(s)
+}
+
+/// Charges a finished exit of thread state `s` and feeds it to the thread's run detection.
+#[inline(always)]
+fn charge_exit(s: &mut ThreadState, rec: Option<ExitRecord>) {
+    let Some(r) = rec else { return };
+    charge(rec);
+    s.run.on_exit(&r, MAX_GAP_NS.load(), add_run);
+}
+
+/// Aggregates one finished run (two or more exits) in `RUNS`. `key` and `run` point into the
+/// thread's THREADS entry: a new signature is inserted by copying them map to map.
+#[inline(always)]
+fn add_run(key: &RunKey, run: &RunStats) {
+    let slot = match RUNS.get_ptr_mut(key) {
+        Some(p) => Some(p),
+        None => {
+            // BPF_NOEXIST: another CPU's insert of the same signature wins; this CPU's slot of
+            // it is then zero (the kernel zero-fills the other CPUs' slots) and is added to.
+            if RUNS.insert(key, run, BPF_NOEXIST as u64).is_ok() {
+                return;
+            }
+            RUNS.get_ptr_mut(key)
+        }
+    };
+    match slot {
+        // SAFETY: a non-null pointer to this CPU's slot of a RUNS entry: one writer.
+        // (A slot zero-filled by another CPU's insert has no accesses and kind 0: user space
+        // takes them from the slot whose kind is set, the inserting CPU's.)
+        Some(p) => unsafe {
+            (*p).occurrences += 1;
+            (*p).total_ns += run.total_ns;
+        },
+        None => bump(counter::RUNS_FULL),
+    }
 }
 
 /// Aggregates one finished exit and, when asked, streams it.
@@ -430,7 +481,8 @@ fn access(t: Thread, kind: u8, addr: u64) {
         s.on_hw_detail(kind, addr);
     } else {
         let rip = insn_rip(thread_vcpu(s, &t));
-        charge(s.on_live_access(now(), t, kind, addr, rip));
+        let done = s.on_live_access(now(), t, kind, addr, rip);
+        charge_exit(s, done);
         attribute_caller(s, &t);
     }
 }
@@ -442,7 +494,8 @@ pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let reason = kvm_exit::userspace_exit_reason(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
     if let Some(s) = thread_state(&t) {
         let rip = insn_rip(thread_vcpu(s, &t));
-        charge(s.on_live_userspace_exit(now(), t, reason, rip));
+        let done = s.on_live_userspace_exit(now(), t, reason, rip);
+        charge_exit(s, done);
         attribute_caller(s, &t);
     }
     0
@@ -472,7 +525,8 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
     let isa = field::<u32>(&ctx, &EXIT_ISA).unwrap_or(0) as u8;
     let vcpu = field::<u32>(&ctx, &EXIT_VCPU_ID).unwrap_or(0);
     if let Some(s) = thread_state(&t) {
-        charge(s.on_hw_exit(now(), t, vcpu, isa, reason, rip));
+        let done = s.on_hw_exit(now(), t, vcpu, isa, reason, rip);
+        charge_exit(s, done);
         attribute_caller(s, &t);
     }
     0
@@ -483,7 +537,9 @@ pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     if let Some(s) = THREADS.get_ptr_mut(t.tid) {
         // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        charge(unsafe { (*s).on_hw_entry(now()) });
+        let s = unsafe { &mut *s };
+        let done = s.on_hw_entry(now());
+        charge_exit(s, done);
     }
     0
 }

@@ -32,6 +32,11 @@ struct Args {
     /// distinct exit sites.
     #[arg(long, conflicts_with_all = ["ins", "pause_then_outs"])]
     port_sweep: bool,
+    /// Instead: N rounds (N = --outs) of two back-to-back `out`s to --out-port and +1 at one
+    /// place, W iterations of guest work, two `out`s to --out-port+2 and +3 at another place,
+    /// W iterations of work (`second_rip` in the output is the second place).
+    #[arg(long, value_name = "W", conflicts_with_all = ["ins", "pause_then_outs", "port_sweep"])]
+    interleaved_work: Option<u32>,
     /// Print `ready` and wait for a line on stdin before the guest's first instruction.
     #[arg(long)]
     wait_for_go: bool,
@@ -63,6 +68,7 @@ fn main() {
     let a = Args::parse();
     let guest = match a.pause_then_outs {
         _ if a.port_sweep => ExitLoopGuest::sweep(a.outs, a.out_port),
+        _ if a.interleaved_work.is_some() => ExitLoopGuest::interleaved(a.outs, a.interleaved_work.unwrap_or(0), a.out_port),
         Some(m) => ExitLoopGuest::paused(a.outs, m, a.out_port),
         None => ExitLoopGuest::new(a.outs, a.ins, a.out_port, a.in_port),
     };
@@ -74,6 +80,7 @@ fn main() {
                 "in_rip": format!("{:#x}", guest.in_rip),
                 "pause_rip": format!("{:#x}", guest.pause_rip),
                 "hlt_rip": format!("{:#x}", guest.hlt_rip),
+                "second_rip": format!("{:#x}", guest.second_rip),
                 "stats": st,
             });
             println!("{v}");

@@ -25,6 +25,10 @@ pub struct ImportArgs {
     file: PathBuf,
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// Run detection (`kvmprof advise`), as `record --max-gap`. Default: the trace's source's
+    /// default (5us for kvm_exit text, 200us for emulated-source text).
+    #[arg(long, value_name = "DURATION", value_parser = super::advise::parse_gap)]
+    max_gap: Option<u64>,
 }
 
 pub fn run(a: ImportArgs) -> Result<i32> {
@@ -38,7 +42,7 @@ pub fn run(a: ImportArgs) -> Result<i32> {
         TextFormatArg::PerfScript => TextFormat::PerfScript,
         TextFormatArg::Ftrace => TextFormat::Ftrace,
     };
-    let imported = import::import(reader, format)?;
+    let imported = import::import_with_max_gap(reader, format, a.max_gap)?;
     recording::save(&imported.profile, &a.output)?;
     eprintln!(
         "kvmprof: imported {} exits (source {}) from {} events in {} lines ({} lines not understood) -> {}",

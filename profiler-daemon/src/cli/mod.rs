@@ -5,6 +5,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod advise;
 mod check;
 mod demo;
 mod diff;
@@ -56,6 +57,9 @@ enum Cmd {
     Top(top::TopArgs),
     /// Always-on exporter: every VM's exits as Prometheus metrics (/metrics) and pprof.
     Serve(serve::ServeArgs),
+    /// Batching candidates: runs of successive I/O exits in guest functions, ranked by the
+    /// exits batching them would save (the paper's §3.1.1, automated).
+    Advise(advise::AdviseArgs),
 }
 
 /// Runs one command; the exit code on success.
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Check(a) => check::run(a),
         Cmd::Top(a) => top::run(a),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Advise(a) => advise::run(a),
     }
 }
 

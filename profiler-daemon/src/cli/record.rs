@@ -52,6 +52,12 @@ pub struct RecordArgs {
     /// tinyvmm for it); with a command, kvmprof waits for the command to write it.
     #[arg(long, value_name = "FILE")]
     guest_memory_map: Option<PathBuf>,
+    /// Run detection for `kvmprof advise`: an I/O exit at most this long after the previous
+    /// one re-entered the guest extends its run (e.g. 50us, 2ms, 800ns; a plain number is µs).
+    /// Default: 200us on the emulated source (PVM, where every guest instruction is emulated),
+    /// 5us on hw.
+    #[arg(long, value_name = "DURATION", value_parser = super::advise::parse_gap)]
+    max_gap: Option<u64>,
     /// The command to run and trace (after --).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -71,6 +77,7 @@ pub fn run(a: RecordArgs) -> Result<i32> {
         source: a.source.resolve(),
         command: a.command,
         quiet: false,
+        max_gap_ns: a.max_gap,
     })?;
     Ok(0)
 }

@@ -139,6 +139,7 @@ impl Ctx {
             source: None,
             command,
             quiet: true,
+            max_gap_ns: None,
         });
         drop(quiet);
         let rec = recorded.with_context(|| format!("recording the {name} run"))?;

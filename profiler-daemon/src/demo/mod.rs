@@ -82,6 +82,7 @@ impl Default for DemoOptions {
     }
 }
 
+mod advise;
 mod analysis;
 mod experiments;
 mod harness;
@@ -92,6 +93,7 @@ mod result;
 use analysis::*;
 pub use harness::find_tinyvmm;
 use harness::*;
+pub use advise::AdviseSection;
 pub use result::*;
 
 /// What the demo measured: the documented JSON object and the text it prints.
@@ -183,8 +185,13 @@ pub fn run(opts: &DemoOptions) -> Result<DemoOutput> {
     let pmtmr = experiments::pmtmr_experiment(&ctx, &mut progress, &resolve)?;
     progress.done();
 
+    let (advise, advice) = advise::advise_section(&disk.rec, &t4_before, &t4_after, &table4, &resolve)?;
+
     let mut plots = plots::write_plots(&out, &n, &t4_before, &t4_after, &table4, &timer, &pmtmr)?;
     plots.insert("flamegraph".into(), flame_path.display().to_string());
+    let advise_plot = out.join("advise-batching.svg");
+    write_file(&advise_plot, advise::plot(&advise, &n).to_svg().as_bytes())?;
+    plots.insert("advise".into(), advise_plot.display().to_string());
 
     let result = DemoResult {
         source: disk.rec.meta.source,
@@ -200,9 +207,15 @@ pub fn run(opts: &DemoOptions) -> Result<DemoOutput> {
         table4,
         timer,
         pmtmr,
+        advise,
         plots,
     };
-    let text = render_text::render(&result, &hot_rep, &t4, opts);
+    let mut text = render_text::render(&result, &hot_rep, &t4, opts);
+    // Section 5 goes before the list of plots.
+    let plots_at = text.rfind("plots:\n").unwrap_or(text.len());
+    let mut sec = String::new();
+    advise::render_text(&mut sec, &result.advise, &advice, result.source);
+    text.insert_str(plots_at, &sec);
     write_file(&out.join("demo.json"), (serde_json::to_string_pretty(&result)? + "\n").as_bytes())?;
     write_file(&out.join("demo.txt"), text.as_bytes())?;
     Ok(DemoOutput { result, text })

@@ -30,6 +30,8 @@ pub struct DemoResult {
     pub table4: Table4,
     pub timer: TimerExperiment,
     pub pmtmr: PmtmrExperiment,
+    /// The batching advisor on the unbatched disk-write, beside Table 4's measured saving.
+    pub advise: super::AdviseSection,
     /// Plot name → SVG path.
     pub plots: BTreeMap<String, String>,
 }

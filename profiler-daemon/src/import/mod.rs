@@ -139,7 +139,14 @@ pub struct Imported {
     pub skipped: u64,
 }
 
-pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+pub fn import(reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+    import_with_max_gap(reader, format, None)
+}
+
+/// [`import`] with the run-detection gap `max_gap_ns` (None: the default of the trace's
+/// source, as `record` uses). Runs are found by the same `profiler_common::runs` code the eBPF
+/// programs run, fed with the same finished exits.
+pub fn import_with_max_gap(mut reader: impl BufRead, format: TextFormat, max_gap_ns: Option<u64>) -> Result<Imported> {
     let mut text = String::new();
     reader.read_to_string(&mut text).context("reading the trace text (it must be UTF-8 text)")?;
     // A trace with kvm_exit is from the hw source, where kvm_userspace_exit, kvm_emulate_insn and
@@ -149,6 +156,8 @@ pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> 
     let mut threads = Threads::default();
     let mut infos: BTreeMap<u32, ThreadInfo> = BTreeMap::new();
     let mut agg = Aggregate::new(true);
+    let source = if saw_hw { Source::Hw } else { Source::Emulated };
+    agg.max_gap_ns = Some(max_gap_ns.unwrap_or(crate::live::session::default_max_gap_ns(source)));
     let (mut lines, mut events, mut skipped) = (0u64, 0u64, 0u64);
     let (mut first_ts, mut last_ts) = (None, 0u64);
     for line in text.lines() {
@@ -227,7 +236,7 @@ pub fn import(mut reader: impl BufRead, format: TextFormat) -> Result<Imported> 
             _ => continue,
         };
         events += 1;
-        agg.charge(done);
+        agg.charge_thread(s, done);
     }
     if events == 0 {
         bail!("no KVM tracepoint events found in {lines} lines: expected {} text with kvm_exit/kvm_entry (or kvm_emulate_insn/kvm_pio) lines", format.name());

@@ -24,6 +24,8 @@ pub struct RecordOptions {
     pub source: Option<Source>,
     pub command: Vec<String>,
     pub quiet: bool,
+    /// Run-detection gap (`--max-gap`); None: the source's default.
+    pub max_gap_ns: Option<u64>,
 }
 
 /// Records a command, a running VMM (`pid`) or every VM, until the command or PID exits,
@@ -53,7 +55,7 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
         records: opts.records,
         command: (!opts.command.is_empty()).then(|| opts.command.clone()),
     };
-    let mut session = Session::start(&tracefs, cfg)?;
+    let mut session = Session::start_with_max_gap(&tracefs, cfg, opts.max_gap_ns)?;
     let feeder = match (session.guest_memory(), target) {
         (Some(w), t) if t != 0 => Some(Feeder::start(map_source, w, t)?),
         _ => None,

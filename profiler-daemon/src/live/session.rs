@@ -10,6 +10,7 @@ use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::guest::GuestMemMap;
+use profiler_common::runs::{RunKey, RunStats, DEFAULT_MAX_GAP_NS_EMULATED, DEFAULT_MAX_GAP_NS_HW};
 use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
 
 use super::error::LiveError;
@@ -116,6 +117,9 @@ pub struct Session {
     counters: PerCpuArray<MapData, u64>,
     records: Option<RingBuf<MapData>>,
     guest_memory: Option<HashMap<MapData, u32, GuestMemMap>>,
+    /// Runs of successive I/O exits (profiler_common::runs) and the gap that delimits them.
+    runs: PerCpuHashMap<MapData, RunKey, RunStats>,
+    max_gap_ns: u64,
     drained: Vec<ExitRecord>,
     /// The vcpu-noting raw tracepoints, attached only while needed (see [`Session::poll`]).
     vcpu_links: Vec<(&'static str, &'static str, Option<RawTracePointLinkId>)>,
@@ -155,8 +159,15 @@ impl GuestMemoryMap {
 }
 
 impl Session {
-    /// Loads the programs of `cfg.source`, attaches them, and opens the counted window.
+    /// Loads the programs of `cfg.source`, attaches them, and opens the counted window, with
+    /// the source's default run gap ([`default_max_gap_ns`]).
     pub fn start(tracefs: &Path, cfg: SessionConfig) -> Result<Session, LiveError> {
+        Session::start_with_max_gap(tracefs, cfg, None)
+    }
+
+    /// [`Session::start`] with the run-detection gap `max_gap_ns` (None: the source's default).
+    pub fn start_with_max_gap(tracefs: &Path, cfg: SessionConfig, max_gap_ns: Option<u64>) -> Result<Session, LiveError> {
+        let max_gap_ns = max_gap_ns.unwrap_or(default_max_gap_ns(cfg.source));
         if env!("KVMPROF_EBPF_BUILT") != "1" {
             return Err(LiveError::NoEbpfObject);
         }
@@ -175,7 +186,8 @@ impl Session {
         loader
             .override_global(globals::TARGET_TGID, &target_tgid, true)
             .override_global(globals::STREAM_RECORDS, &stream, true)
-            .override_global(globals::HW_SOURCE, &hw, true);
+            .override_global(globals::HW_SOURCE, &hw, true)
+            .override_global(globals::MAX_GAP_NS, &max_gap_ns, true);
         for (name, off) in &offsets {
             loader.override_global(name, off, true);
         }
@@ -228,6 +240,7 @@ impl Session {
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, maps::COUNTERS)?).map_err(map_type(maps::COUNTERS))?;
         let records = if cfg.records { Some(RingBuf::try_from(take_map(&mut ebpf, maps::RECORDS)?).map_err(map_type(maps::RECORDS))?) } else { None };
         let guest_memory = Some(HashMap::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY)?).map_err(map_type(maps::GUEST_MEMORY))?);
+        let runs = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::RUNS)?).map_err(map_type(maps::RUNS))?;
         let mut control = Array::try_from(take_map(&mut ebpf, maps::CONTROL)?).map_err(map_type(maps::CONTROL))?;
         // Every program is attached: open the counted window.
         control.set(0, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
@@ -241,6 +254,8 @@ impl Session {
             counters,
             records,
             guest_memory,
+            runs,
+            max_gap_ns,
             drained: Vec::new(),
             vcpu_links,
             known_threads: BTreeMap::new(),
@@ -303,6 +318,7 @@ impl Session {
 
     /// The profile so far: the per-CPU maps summed, read while every program stays attached
     /// and nothing is reset. Exits still in progress are not in it (they are in the next one).
+    /// It has no run data (`runs: None`): that is read once, by [`Session::finish`].
     pub fn snapshot(&mut self) -> Result<Profile, LiveError> {
         self.drain_records();
         let mut agg = Aggregate::new(self.records.is_some());
@@ -345,7 +361,7 @@ impl Session {
     /// For processes that have ended: reads their exits one last time (exits still open are
     /// charged as [`Session::finish`] does: a VMM's last exit, e.g. the write that ends the
     /// guest, never re-enters the guest), then deletes every in-kernel entry they left
-    /// (exit keys, thread states, guest memory maps) and forgets their threads. A session
+    /// (exit keys, I/O runs, thread states, guest memory maps) and forgets their threads. A session
     /// that runs for days (`serve`) would otherwise fill its maps with dead VMs' keys, after
     /// which new exits lose their histograms and then their counts. The returned exits are
     /// no longer in later snapshots. Call it only for processes that are gone: a process
@@ -381,6 +397,7 @@ impl Session {
         // within one interval; a key already gone (NotFound) is not an error.
         let gone = |r: Result<(), aya::maps::MapError>, map: &'static str| match r {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(source) => Err(LiveError::WriteMap { map, source }),
         };
         for k in &exit_keys {
@@ -392,6 +409,10 @@ impl Session {
         for (tid, _) in &states {
             gone(self.threads.remove(tid), maps::THREADS)?;
         }
+        let run_keys: Vec<RunKey> = self.runs.keys().flatten().filter(|k| tgids.contains(&k.tgid)).collect();
+        for k in &run_keys {
+            gone(self.runs.remove(k), maps::RUNS)?;
+        }
         if let Some(gm) = &mut self.guest_memory {
             for t in tgids {
                 gone(gm.remove(t), maps::GUEST_MEMORY)?;
@@ -402,6 +423,16 @@ impl Session {
     }
 
     fn collect(&mut self, mut agg: Aggregate, finishing: bool) -> Result<Profile, LiveError> {
+        // Runs (for `advise`) only in the final profile: snapshots (`top`, `serve`) have no use
+        // for them, and reading them there would cost every poll.
+        if finishing {
+            agg.max_gap_ns = Some(self.max_gap_ns);
+            for (key, per_cpu) in read_per_cpu(&self.runs, maps::RUNS, self.ncpus)? {
+                for stats in &per_cpu {
+                    agg.merge_run(key, stats);
+                }
+            }
+        }
         for (key, per_cpu) in read_per_cpu(&self.exits, maps::EXITS, self.ncpus)? {
             for stats in &per_cpu {
                 agg.merge(key, stats);
@@ -448,6 +479,7 @@ impl Session {
             threads_full: count(counter::THREADS_FULL)?,
             unfinished_exits: 0,
         };
+        agg.runs_lost = count(counter::RUNS_FULL)?;
         // A key no kvmprof program writes would be a bug in the programs: count it as lost.
         let (mut profile, undecodable) = agg.into_profile(meta, self.known_threads.clone());
         profile.meta.exit_keys_full += undecodable as u64;
@@ -456,15 +488,24 @@ impl Session {
 }
 
 /// Every entry of a per-CPU hash map: in batches where the kernel can, else key by key.
-fn read_per_cpu<V: aya::Pod>(map: &PerCpuHashMap<MapData, ExitKey, V>, name: &'static str, ncpus: usize) -> Result<Vec<(ExitKey, Vec<V>)>, LiveError> {
+fn read_per_cpu<K: aya::Pod, V: aya::Pod>(map: &PerCpuHashMap<MapData, K, V>, name: &'static str, ncpus: usize) -> Result<Vec<(K, Vec<V>)>, LiveError> {
     let read = |source| LiveError::ReadMap { map: name, source };
-    match super::batch::per_cpu_entries::<ExitKey, V>(IterableMap::map(map), ncpus) {
+    match super::batch::per_cpu_entries::<K, V>(IterableMap::map(map), ncpus) {
         Ok(entries) => Ok(entries),
         // Kernels before 5.6: one key at a time.
         Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
             map.iter().map(|item| item.map(|(k, v)| (k, v.iter().copied().collect())).map_err(read)).collect()
         }
         Err(e) => Err(read(aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error: e }))),
+    }
+}
+
+/// The run-detection gap used when none is given: measured on the emulated source (PVM), a
+/// reasoned bound on hw (see [`profiler_common::runs`]).
+pub fn default_max_gap_ns(source: Source) -> u64 {
+    match source {
+        Source::Hw => DEFAULT_MAX_GAP_NS_HW,
+        Source::Emulated => DEFAULT_MAX_GAP_NS_EMULATED,
     }
 }
 

@@ -76,6 +76,64 @@ pub struct Profile {
     pub exits: Vec<Exit>,
     /// Every exit in order, when records were asked for.
     pub records: Option<Vec<Record>>,
+    /// Runs of successive I/O exits (`kvmprof advise`); `None` = no run data (a recording
+    /// made before run detection).
+    pub runs: Option<Runs>,
+}
+
+/// Runs of successive I/O exits by signature (see [`profiler_common::runs`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Runs {
+    /// The gap that still extended a run: an exit at most this long after the previous
+    /// exit's re-entry joined its run.
+    pub max_gap_ns: u64,
+    /// Runs the in-kernel map had no room for.
+    pub lost: u64,
+    pub list: Vec<Run>,
+}
+
+/// One run signature: its accesses in order (the first [`profiler_common::runs::RUN_ACCESSES`]
+/// of them), its length, how often it occurred and the time of its exits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub tgid: u32,
+    pub length: u32,
+    pub hash: u64,
+    pub occurrences: u64,
+    pub total_ns: u64,
+    /// `profiler_common::detail` kind of every exit of the run.
+    pub kind: u8,
+    pub accesses: Vec<RunAccess>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAccess {
+    pub rip: u64,
+    /// Port or guest-physical address.
+    pub addr: u64,
+}
+
+impl Run {
+    pub fn from_stats(key: &profiler_common::runs::RunKey, v: &profiler_common::runs::RunStats) -> Run {
+        let n = (key.length as usize).min(profiler_common::runs::RUN_ACCESSES);
+        Run {
+            tgid: key.tgid,
+            length: key.length,
+            hash: key.hash,
+            occurrences: v.occurrences,
+            total_ns: v.total_ns,
+            kind: v.kind,
+            accesses: v.accesses[..n].iter().map(|a| RunAccess { rip: a.rip, addr: a.addr() }).collect(),
+        }
+    }
+
+    pub fn has_reads(&self) -> bool {
+        matches!(self.kind, profiler_common::detail::PORT_IN | profiler_common::detail::MMIO_READ)
+    }
+
+    pub fn is_port(&self) -> bool {
+        profiler_common::detail::is_port(self.kind)
+    }
 }
 
 impl Profile {
@@ -99,6 +157,7 @@ impl Profile {
             threads: self.threads.clone(),
             exits: self.exits.iter().filter(|e| keep(e)).cloned().collect(),
             records: None,
+            runs: self.runs.clone(),
         }
     }
 }

@@ -16,8 +16,14 @@
 //!                          histogram, profiler_common::hist_bucket; they add up to "count",
 //!                          or to less when some exits were counted without one),
 //!                  "caller_rip": "0x.."|null (optional; null/absent = unknown caller) } ],
-//!   "records": [ [start_ns, duration_ns, index into "exits"], ... ] | null }
+//!   "records": [ [start_ns, duration_ns, index into "exits"], ... ] | null,
+//!   "runs": { "max_gap_ns": N, "lost": N,                          (optional: absent = no run data)
+//!             "list": [ { "tgid", "length", "hash": "0x..", "occurrences", "total_ns",
+//!                         "kind": "port_in"|"port_out"|"mmio_read"|"mmio_write",
+//!                         "accesses": [["0xrip", "0xport or gpa"], ...] (the first 16) } ] } }
 //! ```
+//! `runs` (runs of successive I/O exits, `kvmprof advise`) was added within version 2: files
+//! without it read as before, with no run data.
 //! Version 1 (kvmprof before the log-linear histogram) is still read: its `hist` is 32 counts
 //! of log2 buckets (bucket i = [2^i, 2^(i+1)) ns), each moved to the log-linear bucket holding
 //! the value version 1 reported for it (its geometric midpoint), so old percentiles read as
@@ -31,7 +37,7 @@ use profiler_common::{detail, hist_bucket_of_legacy, ExitStats, HIST_BUCKETS, LE
 use serde::{Deserialize, Serialize};
 
 use super::exit::{Access, Exit, Isa, Reason};
-use super::profile::{Meta, Profile, Record, ThreadInfo};
+use super::profile::{Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
 use profiler_common::parse_hex;
 
 pub const FORMAT: &str = "kvmprof-recording";
@@ -81,6 +87,76 @@ struct File {
     threads: BTreeMap<u32, ThreadInfo>,
     exits: Vec<ExitRow>,
     records: Option<Vec<[u64; 3]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    runs: Option<RunsFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunsFile {
+    max_gap_ns: u64,
+    lost: u64,
+    list: Vec<RunRow>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunRow {
+    tgid: u32,
+    length: u32,
+    hash: String,
+    occurrences: u64,
+    total_ns: u64,
+    kind: String,
+    accesses: Vec<[String; 2]>,
+}
+
+impl RunsFile {
+    fn new(r: &Runs) -> RunsFile {
+        let list = r
+            .list
+            .iter()
+            .map(|run| RunRow {
+                tgid: run.tgid,
+                length: run.length,
+                hash: hex(run.hash),
+                occurrences: run.occurrences,
+                total_ns: run.total_ns,
+                kind: DETAIL_KINDS.iter().find(|(k, _)| *k == run.kind).map_or("none", |(_, n)| n).to_string(),
+                accesses: run.accesses.iter().map(|a| [hex(a.rip), hex(a.addr)]).collect(),
+            })
+            .collect();
+        RunsFile { max_gap_ns: r.max_gap_ns, lost: r.lost, list }
+    }
+
+    fn decode(&self) -> Result<Runs, String> {
+        let list = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let bad = |what: &str| format!("run {i}: bad {what}");
+                let kind = DETAIL_KINDS.iter().find(|(k, n)| *n == row.kind && *k != detail::NONE).map(|(k, _)| *k).ok_or_else(|| bad("kind"))?;
+                let accesses = row
+                    .accesses
+                    .iter()
+                    .map(|[rip, addr]| Some(RunAccess { rip: parse_hex(rip)?, addr: parse_hex(addr)? }))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad("access"))?;
+                if accesses.len() != (row.length as usize).min(profiler_common::runs::RUN_ACCESSES) {
+                    return Err(bad("accesses (their number does not match the length)"));
+                }
+                Ok(Run {
+                    tgid: row.tgid,
+                    length: row.length,
+                    hash: parse_hex(&row.hash).ok_or_else(|| bad("hash"))?,
+                    occurrences: row.occurrences,
+                    total_ns: row.total_ns,
+                    kind,
+                    accesses,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Runs { max_gap_ns: self.max_gap_ns, lost: self.lost, list })
+    }
 }
 
 const DETAIL_KINDS: &[(u8, &str)] = &[
@@ -181,6 +257,7 @@ pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
         threads: profile.threads.clone(),
         exits: profile.exits.iter().map(ExitRow::new).collect(),
         records: profile.records.as_ref().map(|rs| rs.iter().map(|r| [r.start_ns, r.duration_ns, r.exit as u64]).collect()),
+        runs: profile.runs.as_ref().map(RunsFile::new),
     };
     let tmp = path.with_extension("kvmprof-tmp");
     let write = || -> std::io::Result<()> {
@@ -235,5 +312,6 @@ pub fn from_bytes(bytes: &[u8], p: &str) -> Result<Profile, RecordingError> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    Ok(Profile { meta: file.meta, threads: file.threads, exits, records })
+    let runs = file.runs.as_ref().map(RunsFile::decode).transpose().map_err(corrupt)?;
+    Ok(Profile { meta: file.meta, threads: file.threads, exits, records, runs })
 }

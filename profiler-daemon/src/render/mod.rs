@@ -1,5 +1,6 @@
 //! Where numbers become text: tables, CSV, JSON, folded stacks, flame graphs and SVG charts.
 //! Nothing outside this module (and the demo's own text) formats a profile's number.
+pub mod advise;
 pub mod diff;
 pub mod flame;
 pub mod plot;

@@ -36,8 +36,11 @@ pub enum Request {
 
 /// How often the session is serviced (see `Session::poll`) and requests are answered.
 const SERVICE: Duration = Duration::from_millis(20);
-/// How often new vCPU threads are looked at, to name short-lived VMs while they run.
-const WATCH: Duration = Duration::from_millis(100);
+/// How often new vCPU threads are looked at, to name short-lived VMs while they run: every
+/// service round, plus one round per 64 threads known (listing them costs a system call each).
+fn watch_period(threads: usize) -> Duration {
+    SERVICE * (1 + threads as u32 / 64)
+}
 
 pub struct Collector {
     session: Session,
@@ -69,7 +72,7 @@ pub fn log(msg: &str) {
 
 impl Collector {
     pub fn new(session: Session, config: Config, interval_override: Option<Duration>, published: Published) -> Collector {
-        let c = Collector {
+        let mut c = Collector {
             session,
             config,
             interval_override,
@@ -87,8 +90,17 @@ impl Collector {
             le_of: std::array::from_fn(le_index),
             reload_ok: true,
         };
+        c.preload_symbols();
         c.published.set(Exposition { source: Some(c.session.source()), programs_attached: c.session.attached_programs(), config_reload_ok: true, ..Exposition::default() });
         c
+    }
+
+    /// Starts loading every configured symbol source now, so a VM has its function series from
+    /// its first poll, however short it lives.
+    fn preload_symbols(&mut self) {
+        for v in &self.config.vms {
+            let _ = self.symbols.get(&v.symbols);
+        }
     }
 
     pub fn interval(&self) -> Duration {
@@ -104,7 +116,10 @@ impl Collector {
             let now = Instant::now();
             if now >= next_watch {
                 self.watch_threads();
-                next_watch = now + WATCH;
+                next_watch = now + watch_period(self.seen_tids.len());
+            }
+            if self.vms.values().any(|v| v.symbols == SymbolState::Loading) {
+                self.refresh_symbols();
             }
             if now >= next_tick {
                 // A failed read is logged in tick(); the previous numbers stay published.
@@ -129,13 +144,17 @@ impl Collector {
         match r {
             Request::WindowStart(reply) => {
                 let totals = self.tick().map(|(p, _)| self.totals(&p));
-                let mark = totals.map(|totals| WindowMark { totals, retired_seq: self.retired.seq(), at: Instant::now(), unix_ns: unix_ns() });
+                let mark = totals.map(|totals| {
+                    let (id, retired_seq) = self.retired.open_window();
+                    WindowMark { id, totals, retired_seq, at: Instant::now(), unix_ns: unix_ns() }
+                });
                 let _ = reply.send(mark);
             }
             Request::WindowEnd(mark, reply) => {
                 let r = self.tick().map(|(p, _)| {
                     let mut end = self.totals(&p);
                     self.retired.add_since(mark.retired_seq, &mut end);
+                    self.retired.close_window(mark.id);
                     window_profile(&mark, &end)
                 });
                 let _ = reply.send(r);
@@ -146,6 +165,7 @@ impl Collector {
                 self.reload_ok = true;
                 // A file that was missing may be there now; loaded ones stay shared.
                 self.symbols.clear_failed();
+                self.preload_symbols();
                 let ids: Vec<ProcId> = self.vms.keys().copied().collect();
                 for id in ids {
                     self.assign_symbols(id);
@@ -186,6 +206,7 @@ impl Collector {
         self.vms.insert(id, Vm::new(id, label));
         self.sources.insert(id, None);
         self.assign_symbols(id);
+        self.refresh_symbols();
     }
 
     /// Gives VM `id` the symbols its label's `[[vm]]` entry names (or none).
@@ -345,7 +366,20 @@ impl Collector {
             polls: self.polls,
             config_reload_ok: self.reload_ok,
         });
+        trim_heap();
         Ok((profile, ended_pids))
+    }
+}
+
+/// Gives freed memory back to the kernel, once per poll (well under a millisecond here). A
+/// poll reads 2 KiB per key and CPU, and a VM's removal reads its keys again: megabytes
+/// allocated and freed in bursts, which glibc would otherwise keep in its arenas, so the
+/// daemon's RSS would follow the busiest moment of the host's past instead of its present.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -21,6 +21,7 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
 /// The start of a window: the totals then, and where the list of retired VMs stood.
 pub struct WindowMark {
+    pub id: u64,
     pub totals: StackTotals,
     pub retired_seq: u64,
     pub at: Instant,
@@ -39,30 +40,52 @@ pub fn add_exits(totals: &mut StackTotals, vm: &mut Vm, exits: &[&Exit]) {
     }
 }
 
-/// Last totals of VMs whose keys were deleted, kept as long as a window could need them.
+/// Last totals of VMs whose keys were deleted, kept only while a window that began before
+/// they ended is open (nothing is kept when no pprof request is running).
 #[derive(Default)]
 pub struct Retired {
-    entries: VecDeque<(u64, Instant, StackTotals)>,
+    entries: VecDeque<(u64, StackTotals)>,
     next_seq: u64,
+    /// Open windows: id → (when, the sequence number at its start). A request that went away
+    /// without ending its window (client gone) expires after [`MAX_WINDOW`].
+    open: HashMap<u64, (Instant, u64)>,
+    next_window: u64,
 }
 
 impl Retired {
+    /// Opens a window: its id and the sequence number of the next VM to retire.
+    pub fn open_window(&mut self) -> (u64, u64) {
+        let id = self.next_window;
+        self.next_window += 1;
+        self.open.insert(id, (Instant::now(), self.next_seq));
+        (id, self.next_seq)
+    }
+
+    pub fn close_window(&mut self, id: u64) {
+        self.open.remove(&id);
+        self.prune();
+    }
+
     pub fn push(&mut self, totals: StackTotals) {
-        let now = Instant::now();
-        while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > MAX_WINDOW + Duration::from_secs(60)) {
-            self.entries.pop_front();
+        self.prune();
+        if !self.open.is_empty() {
+            self.entries.push_back((self.next_seq, totals));
         }
-        self.entries.push_back((self.next_seq, now, totals));
         self.next_seq += 1;
     }
 
-    pub fn seq(&self) -> u64 {
-        self.next_seq
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.open.retain(|_, (at, _)| now.duration_since(*at) <= MAX_WINDOW + Duration::from_secs(60));
+        let oldest = self.open.values().map(|(_, seq)| *seq).min().unwrap_or(u64::MAX);
+        while self.entries.front().is_some_and(|(seq, _)| *seq < oldest) {
+            self.entries.pop_front();
+        }
     }
 
     /// Adds everything retired since `seq` to `totals`.
     pub fn add_since(&self, seq: u64, totals: &mut StackTotals) {
-        for (_, _, t) in self.entries.iter().filter(|(s, _, _)| *s >= seq) {
+        for (_, t) in self.entries.iter().filter(|(s, _)| *s >= seq) {
             for (k, v) in t {
                 let e = totals.entry(k.clone()).or_default();
                 e.0 += v.0;
