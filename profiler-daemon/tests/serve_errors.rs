@@ -152,10 +152,10 @@ fn a_missing_vmlinux_serves_the_vm_without_function_labels_and_says_why() {
     let serve = Serve::start(&["--config", path_str(&cfg), "--interval", "0.5"]);
     let vm = format!("{prefix}-1");
     let mut child = ChildGuard(start_tinyvmm(&tinyvmm, &vm, &["--workload", "disk-write", "--count", "40", "--disk", path_str(&disk)]));
-    let m = serve.wait_for(Duration::from_secs(20), "the VM's series", |m| !select(m, "kvmprof_vm_info", &[("vm", &vm)]).is_empty());
+    // Discovered by its KVM fd, it may show before its first exit: wait for exits.
+    let m = serve.wait_for(Duration::from_secs(20), "the VM's exits", |m| sum(&select(m, "kvmprof_exits_total", &[("vm", &vm)])) > 0.0);
     assert!(child.0.wait().unwrap().success());
     assert_eq!(select(&m, "kvmprof_vm_info", &[("vm", &vm)])[0].labels["symbols"], "error");
-    assert!(sum(&select(&m, "kvmprof_exits_total", &[("vm", &vm)])) > 0.0);
     assert!(select(&m, "kvmprof_function_exits_total", &[("vm", &vm)]).is_empty());
     let log = serve.log_text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(&vm)).collect();

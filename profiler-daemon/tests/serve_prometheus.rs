@@ -113,3 +113,33 @@ fn check_dashboard(prom: &Prometheus, vm: &str, start: f64, end: f64) {
         assert!(points > 0, "dashboard panel {title:?}: {q} returned no data");
     }
 }
+
+/// The other files of dashboards/: the alert rules and the scrape config pass `promtool`
+/// (Debian's prometheus package), the example config parses as `serve --config` reads it,
+/// and the systemd unit passes `systemd-analyze verify`.
+#[test]
+fn the_dashboards_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let tmp = tmpdir();
+    for f in ["prometheus-scrape.yml", "kvmprof-alerts.yml"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let promtool = which("promtool").expect("promtool (Debian package prometheus) is required");
+    let rules = run(path_str(&promtool), &["check", "rules", path_str(&tmp.path().join("kvmprof-alerts.yml"))]);
+    assert!(rules.status.success(), "{}{}", stdout(&rules), stderr(&rules));
+    let cfg = run(path_str(&promtool), &["check", "config", path_str(&tmp.path().join("prometheus-scrape.yml"))]);
+    assert!(cfg.status.success(), "{}{}", stdout(&cfg), stderr(&cfg));
+
+    let serve_cfg = profiler_daemon::serve::config::Config::load(&dir.join("kvmprof-serve.toml")).expect("the example config");
+    assert_eq!(serve_cfg.vms.len(), 2);
+    assert!(serve_cfg.symbols_for("web-3").and_then(|s| s.vmlinux.as_ref()).is_some());
+
+    // Verified with the binary under test in ExecStart (the unit names /usr/local/bin).
+    let unit = std::fs::read_to_string(dir.join("kvmprof.service")).unwrap();
+    assert!(unit.contains("NoNewPrivileges=yes") && unit.contains("CapabilityBoundingSet="), "hardening lost");
+    let local = tmp.path().join("kvmprof.service");
+    std::fs::write(&local, unit.replace("/usr/local/bin/kvmprof", KVMPROF)).unwrap();
+    let sa = which("systemd-analyze").expect("systemd-analyze (package systemd)");
+    let v = run(path_str(&sa), &["verify", path_str(&local)]);
+    assert!(v.status.success() && stderr(&v).trim().is_empty(), "{}", stderr(&v));
+}

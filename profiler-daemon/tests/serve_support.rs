@@ -315,3 +315,139 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// One sample of a pprof profile, decoded by [`decode_pprof`].
+#[derive(Debug, Clone)]
+pub struct PprofSample {
+    /// Frame names, leaf first (as pprof stores them).
+    pub stack: Vec<String>,
+    pub values: Vec<i64>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// Decodes a gzipped pprof profile with a protobuf wire reader written here from
+/// `profile.proto`'s field numbers (not kvmprof's own message types): sample types as
+/// `type/unit`, and the samples.
+pub fn decode_pprof(gz: &[u8]) -> (Vec<String>, Vec<PprofSample>) {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut raw).expect("gzip");
+    let top = wire_fields(&raw);
+    let strings: Vec<String> = top.iter().filter(|(f, _)| *f == 6).map(|(_, v)| String::from_utf8(v.bytes().to_vec()).expect("UTF-8 string")).collect();
+    assert_eq!(strings.first().map(String::as_str), Some(""), "string_table[0] must be empty");
+    let s = |i: u64| strings.get(i as usize).cloned().unwrap_or_else(|| panic!("string index {i} out of range"));
+    let mut functions = BTreeMap::new();
+    for (_, v) in top.iter().filter(|(f, _)| *f == 5) {
+        let m = wire_fields(v.bytes());
+        functions.insert(m.iter().find(|(f, _)| *f == 1).map(|(_, v)| v.int()).unwrap_or(0), s(m.iter().find(|(f, _)| *f == 2).map(|(_, v)| v.int()).unwrap_or(0)));
+    }
+    let mut locations = BTreeMap::new();
+    for (_, v) in top.iter().filter(|(f, _)| *f == 4) {
+        let m = wire_fields(v.bytes());
+        let id = m.iter().find(|(f, _)| *f == 1).map(|(_, v)| v.int()).expect("location id");
+        let line = m.iter().find(|(f, _)| *f == 4).map(|(_, v)| wire_fields(v.bytes())).expect("location line");
+        let fid = line.iter().find(|(f, _)| *f == 1).map(|(_, v)| v.int()).expect("function_id");
+        locations.insert(id, functions[&fid].clone());
+    }
+    let types = top
+        .iter()
+        .filter(|(f, _)| *f == 1)
+        .map(|(_, v)| {
+            let m = wire_fields(v.bytes());
+            let get = |n| m.iter().find(|(f, _)| *f == n).map(|(_, v)| v.int()).unwrap_or(0);
+            format!("{}/{}", s(get(1)), s(get(2)))
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for (_, v) in top.iter().filter(|(f, _)| *f == 2) {
+        let m = wire_fields(v.bytes());
+        let ints = |n| m.iter().filter(|(f, _)| *f == n).flat_map(|(_, v)| v.ints()).collect::<Vec<u64>>();
+        let stack = ints(1).iter().map(|id| locations.get(id).cloned().unwrap_or_else(|| panic!("no location {id}"))).collect();
+        let values = ints(2).into_iter().map(|v| v as i64).collect();
+        let labels = m
+            .iter()
+            .filter(|(f, _)| *f == 3)
+            .map(|(_, v)| {
+                let l = wire_fields(v.bytes());
+                let get = |n| l.iter().find(|(f, _)| *f == n).map(|(_, v)| v.int()).unwrap_or(0);
+                (s(get(1)), s(get(2)))
+            })
+            .collect();
+        samples.push(PprofSample { stack, values, labels });
+    }
+    (types, samples)
+}
+
+pub enum Wire<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Wire<'a> {
+    fn int(&self) -> u64 {
+        match self {
+            Wire::Int(v) => *v,
+            Wire::Bytes(_) => panic!("expected a varint"),
+        }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        match self {
+            Wire::Bytes(b) => b,
+            Wire::Int(_) => panic!("expected length-delimited bytes"),
+        }
+    }
+
+    /// A repeated integer field: one varint, or a packed run of them.
+    fn ints(&self) -> Vec<u64> {
+        match self {
+            Wire::Int(v) => vec![*v],
+            Wire::Bytes(b) => {
+                let (mut pos, mut out) = (0, Vec::new());
+                while pos < b.len() {
+                    out.push(varint(b, &mut pos));
+                }
+                out
+            }
+        }
+    }
+}
+
+fn varint(b: &[u8], pos: &mut usize) -> u64 {
+    let (mut v, mut shift) = (0u64, 0);
+    loop {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// The (field number, value) pairs of one protobuf message.
+pub fn wire_fields(b: &[u8]) -> Vec<(u64, Wire<'_>)> {
+    let (mut pos, mut out) = (0, Vec::new());
+    while pos < b.len() {
+        let tag = varint(b, &mut pos);
+        let v = match tag & 7 {
+            0 => Wire::Int(varint(b, &mut pos)),
+            1 => {
+                pos += 8;
+                Wire::Int(u64::from_le_bytes(b[pos - 8..pos].try_into().unwrap()))
+            }
+            2 => {
+                let n = varint(b, &mut pos) as usize;
+                pos += n;
+                Wire::Bytes(&b[pos - n..pos])
+            }
+            5 => {
+                pos += 4;
+                Wire::Int(u32::from_le_bytes(b[pos - 4..pos].try_into().unwrap()) as u64)
+            }
+            t => panic!("wire type {t} at byte {pos}"),
+        };
+        out.push((tag >> 3, v));
+    }
+    out
+}

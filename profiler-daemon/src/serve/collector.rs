@@ -371,6 +371,19 @@ impl Collector {
     }
 }
 
+/// Keeps glibc's mmap threshold at its 128 KiB default. glibc raises it dynamically to the
+/// size of the largest block freed (up to 32 MiB); a poll's map-read buffers (about 1 MiB a
+/// batch, 2 KiB per key and CPU) then come from the heap and stay resident after use. Measured
+/// in the churn test: anonymous RSS 2-13 MiB, varying run to run, with the dynamic threshold;
+/// a steady 1.3 MiB with it fixed.
+pub fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a glibc tunable; it may be called at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Gives freed memory back to the kernel, once per poll (well under a millisecond here). A
 /// poll reads 2 KiB per key and CPU, and a VM's removal reads its keys again: megabytes
 /// allocated and freed in bursts, which glibc would otherwise keep in its arenas, so the

@@ -47,6 +47,8 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         None => Config::default(),
     };
     require_root("serve")?;
+    // Before the session parses BTF and reads maps: see fix_mmap_threshold.
+    collector::fix_mmap_threshold();
     let listen = opts.listen.or(config.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
     // Bound before anything is attached: a busy port costs nothing to report.
     let listener = std::net::TcpListener::bind(listen).map_err(|e| {

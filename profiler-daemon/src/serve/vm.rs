@@ -111,45 +111,57 @@ impl Vm {
 }
 
 /// Which functions of a VM have their own series. Counters must never go backwards, yet the
-/// top N changes: a function's series counts from when it entered (its earlier exits stay
-/// in `[other]`), and one that leaves hands its count to `[other]`. So every series only
-/// grows and, per VM, they always sum to the VM's total. Functions stay while they are in
-/// the top 2N, so ranks that flicker do not churn series; at most N have series.
+/// top N changes. A function that gets a series takes its whole count with it, except what
+/// `[other]` already showed: `[other]` never shrinks, so the part of a newcomer's count that
+/// was published under `[other]` stays there (its series starts from the rest). One that
+/// leaves hands its count to `[other]`. So every series only grows and, per VM, they always
+/// sum to the VM's total. Functions stay while they are in the top 2N, so ranks that flicker
+/// do not churn series; at most N have series.
 #[derive(Debug, Default)]
 pub struct TopFunctions {
-    started: bool,
-    /// Function → its (exits, ns) when it got its series.
+    /// Function → the (exits, ns) it left in `[other]` when it got its series.
     base: HashMap<Arc<str>, (u64, u64)>,
+    /// `[other]` as last published.
+    other: (u64, u64),
 }
 
 impl TopFunctions {
     pub fn update(&mut self, cur: &HashMap<Arc<str>, (u64, u64)>, total: (u64, u64), n: usize) -> Vec<(String, u64, u64)> {
+        let get = |f: &Arc<str>| cur.get(f).copied().unwrap_or_default();
         let mut ranked: Vec<(&Arc<str>, &(u64, u64))> = cur.iter().collect();
         ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(b.1 .1.cmp(&a.1 .1)).then(a.0.cmp(b.0)));
         let keep: std::collections::HashSet<&str> = ranked.iter().take(2 * n).map(|(f, _)| &***f).collect();
         self.base.retain(|f, _| keep.contains(&**f));
-        for (f, v) in ranked.iter().take(n) {
-            if self.base.len() >= n {
-                break;
-            }
-            if !self.base.contains_key(*f) {
-                // The VM's first symbolized poll: every series is new, so they start whole.
-                let base = if self.started { **v } else { (0, 0) };
-                self.base.insert((*f).clone(), base);
-            }
+        let room = n.saturating_sub(self.base.len());
+        let mut new: Vec<Arc<str>> = ranked.iter().take(n).map(|(f, _)| (*f).clone()).filter(|f| !self.base.contains_key(f)).take(room).collect();
+        // `[other]` if the newcomers took their whole counts; what it would lose below its
+        // published value stays in it, taken from the smallest newcomers first.
+        let kept = self.base.iter().fold((0, 0), |a, (f, b)| {
+            let c = get(f);
+            (a.0 + c.0.saturating_sub(b.0), a.1 + c.1.saturating_sub(b.1))
+        });
+        let incoming = new.iter().fold((0, 0), |a, f| (a.0 + get(f).0, a.1 + get(f).1));
+        let other_whole = (total.0.saturating_sub(kept.0 + incoming.0), total.1.saturating_sub(kept.1 + incoming.1));
+        let mut deficit = (self.other.0.saturating_sub(other_whole.0), self.other.1.saturating_sub(other_whole.1));
+        new.sort_by_key(|f| get(f));
+        for f in new {
+            let c = get(&f);
+            let b = (c.0.min(deficit.0), c.1.min(deficit.1));
+            deficit = (deficit.0 - b.0, deficit.1 - b.1);
+            self.base.insert(f, b);
         }
-        self.started = true;
         let mut out: Vec<(String, u64, u64)> = self
             .base
             .iter()
             .map(|(f, b)| {
-                let c = cur.get(f).copied().unwrap_or_default();
+                let c = get(f);
                 (f.to_string(), c.0.saturating_sub(b.0), c.1.saturating_sub(b.1))
             })
             .collect();
         let (n_in, ns_in) = out.iter().fold((0, 0), |a, (_, n, ns)| (a.0 + n, a.1 + ns));
         out.sort();
-        out.push((OTHER.to_string(), total.0.saturating_sub(n_in), total.1.saturating_sub(ns_in)));
+        self.other = (total.0.saturating_sub(n_in), total.1.saturating_sub(ns_in));
+        out.push((OTHER.to_string(), self.other.0, self.other.1));
         out
     }
 }
@@ -191,6 +203,20 @@ mod tests {
             // A series that disappears and comes back is a new series: forget its history.
             prev = out.iter().map(|(f, n, _)| (f.clone(), *n)).collect();
         }
+    }
+
+    #[test]
+    fn newcomers_take_their_whole_count_while_other_has_not_shown_it() {
+        let mut t = TopFunctions::default();
+        t.update(&cur(&[("boot", 10)]), (10, 100), 3);
+        // ide appears between two polls: a free slot and [other] at 0, so it starts whole.
+        let out = t.update(&cur(&[("boot", 10), ("ide", 500)]), (510, 5100), 3);
+        assert_eq!(get(&out, "ide"), Some(500));
+        assert_eq!(get(&out, OTHER), Some(0));
+        // Full: a fourth function goes to [other]; when a slot frees, [other] keeps what it showed.
+        let out = t.update(&cur(&[("boot", 10), ("ide", 500), ("a", 20), ("b", 5)]), (535, 5350), 3);
+        assert_eq!(get(&out, "b"), None);
+        assert_eq!(get(&out, OTHER), Some(5));
     }
 
     #[test]
