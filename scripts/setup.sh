@@ -18,8 +18,9 @@ mkdir -p "$CACHE"
 # qemu-system-x86: the README's "profile your own QEMU guest"; bpftool: inspecting the loaded
 # programs; binutils, gcc, g++: the symbolizer tests build C/C++ programs and compare against
 # addr2line; prometheus: the `kvmprof serve` tests start a real Prometheus server on loopback
-# and check what it scraped (and that every Grafana dashboard expression returns data).
-want_pkgs=(qemu-system-x86 bpftool binutils gcc g++ prometheus)
+# and check what it scraped (and that every Grafana dashboard expression returns data);
+# bpftrace, linux-perf: the peer benchmark (scripts/bench-peers.sh) measures kvmprof against them.
+want_pkgs=(qemu-system-x86 bpftool binutils gcc g++ prometheus bpftrace linux-perf)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
