@@ -43,9 +43,12 @@
 mod dwarf;
 mod elf;
 mod error;
+pub mod exit_insns;
 mod guest;
 mod index;
+pub mod kaslr;
 mod kallsyms;
+pub mod orc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
