@@ -40,6 +40,7 @@
 //!
 //! Lookups go through a sorted symbol index and a per-address result cache.
 
+mod cfi;
 mod dwarf;
 mod elf;
 mod error;
@@ -48,7 +49,7 @@ mod guest;
 mod index;
 pub mod kaslr;
 mod kallsyms;
-pub mod orc;
+pub mod unwind;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

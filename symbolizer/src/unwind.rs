@@ -1,5 +1,8 @@
-//! The ORC unwind tables of a Linux vmlinux (`CONFIG_UNWINDER_ORC`), as unwind rules.
+//! Guest unwind tables in one compact per-address-range form, [`UnwindRule`]s by start
+//! address ("CFA = SP or BP + offset; return address at CFA − 8; BP saved at CFA + n"), from
+//! a Linux vmlinux's ORC tables (below) or from DWARF CFI (`crate::cfi`).
 //!
+//! ORC (`CONFIG_UNWINDER_ORC`, the default of Debian, Ubuntu and RHEL kernels):
 //! `.orc_unwind_ip` holds one `s32` per entry, the entry's start address relative to the
 //! field itself; `.orc_unwind` holds the matching 6-byte `struct orc_entry`. Both are sorted
 //! by address at build time (`scripts/sorttable`). An entry covers its address up to the
@@ -52,16 +55,38 @@ const ORC_REG_PREV_SP: u8 = 1;
 const ORC_REG_BP: u8 = 4;
 const ORC_REG_SP: u8 = 5;
 
-/// A vmlinux's ORC table: rules by start address, sorted.
+/// Where an [`UnwindTable`] came from (reports say which method each stack used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindSource {
+    Orc,
+    Cfi,
+}
+
+/// Unwind rules by start address, sorted; a rule covers its address up to the next one.
 #[derive(Clone, Debug)]
-pub struct OrcTable {
+pub struct UnwindTable {
+    pub source: UnwindSource,
     pub entries: Vec<(u64, UnwindRule)>,
 }
 
-impl OrcTable {
+impl UnwindTable {
+    /// The table of an ELF: its ORC tables when it has them, else its DWARF CFI; `Ok(None)`
+    /// when it has neither (frame pointers are then the only way to walk its stacks).
+    pub fn from_elf(path: &Path) -> Result<Option<Self>, SymbolizeError> {
+        if let Some(t) = Self::from_orc(path)? {
+            return Ok(Some(t));
+        }
+        Self::from_cfi(path)
+    }
+
+    /// From DWARF CFI (`.eh_frame`, else `.debug_frame`).
+    pub fn from_cfi(path: &Path) -> Result<Option<Self>, SymbolizeError> {
+        Ok(crate::cfi::rules_from_elf(path)?.map(|entries| UnwindTable { source: UnwindSource::Cfi, entries }))
+    }
+
     /// Reads the ORC sections of the vmlinux at `path`; `Ok(None)` if it has none (a kernel
     /// built with frame pointers or the guess unwinder).
-    pub fn from_vmlinux(path: &Path) -> Result<Option<Self>, SymbolizeError> {
+    pub fn from_orc(path: &Path) -> Result<Option<Self>, SymbolizeError> {
         let data = std::fs::read(path).map_err(|source| SymbolizeError::Io { path: path.into(), source })?;
         let file = object::File::parse(&*data).map_err(|_| SymbolizeError::NotElf { path: path.into() })?;
         let bad = |reason: &str| SymbolizeError::BadElf { path: path.into(), reason: reason.into() };
@@ -87,7 +112,7 @@ impl OrcTable {
         // Sorted at build time; sort anyway (stable: of entries at one address, the last one
         // written wins, as the kernel's binary search finds it).
         entries.sort_by_key(|e| e.0);
-        Ok(Some(OrcTable { entries }))
+        Ok(Some(UnwindTable { source: UnwindSource::Orc, entries }))
     }
 
     /// The rule covering `addr` (the entry at or before it).
