@@ -18,7 +18,7 @@ use crate::unwind::{CfaBase, FrameKind, UnwindRule};
 /// Rules by start address, sorted, from the ELF's CFI; `Ok(None)` when it has none.
 /// `.eh_frame` wins over `.debug_frame` when both exist (it is what runs).
 pub fn rules_from_elf(path: &Path) -> Result<Option<Vec<(u64, UnwindRule)>>, SymbolizeError> {
-    let data = std::fs::read(path).map_err(|source| SymbolizeError::Io { path: path.into(), source })?;
+    let data = crate::elf::map(path)?;
     let file = object::File::parse(&*data).map_err(|_| SymbolizeError::NotElf { path: path.into() })?;
     let bad = |what: &str, e: gimli::Error| SymbolizeError::BadElf { path: path.into(), reason: format!("{what}: {e}") };
     let section = |name: &str| file.section_by_name(name).and_then(|s| Some((s.address(), s.data().ok()?)));

@@ -148,7 +148,7 @@ impl ExitInsnIndex {
     /// id, else decoded (and the cache written, if the directory allows; a read-only
     /// directory only costs the decoding next time).
     pub fn for_vmlinux(path: &Path) -> Result<Self, SymbolizeError> {
-        let data = fs::read(path).map_err(|source| SymbolizeError::Io { path: path.into(), source })?;
+        let data = crate::elf::map(path)?;
         let cache = Self::cache_path(path);
         let build_id = object::File::parse(&*data)
             .ok()

@@ -87,7 +87,7 @@ impl UnwindTable {
     /// Reads the ORC sections of the vmlinux at `path`; `Ok(None)` if it has none (a kernel
     /// built with frame pointers or the guess unwinder).
     pub fn from_orc(path: &Path) -> Result<Option<Self>, SymbolizeError> {
-        let data = std::fs::read(path).map_err(|source| SymbolizeError::Io { path: path.into(), source })?;
+        let data = crate::elf::map(path)?;
         let file = object::File::parse(&*data).map_err(|_| SymbolizeError::NotElf { path: path.into() })?;
         let bad = |reason: &str| SymbolizeError::BadElf { path: path.into(), reason: reason.into() };
         let (Some(ips), Some(orc)) = (file.section_by_name(".orc_unwind_ip"), file.section_by_name(".orc_unwind")) else {
