@@ -127,6 +127,7 @@ fn auto_slide_from_exits_recovers_the_slide_and_the_functions() {
     let o = report_auto(dir.path(), "slid", &ftrace(&insns, slide), &vmlinux);
     assert!(o.status.success(), "report failed: {}", stderr(&o));
     let err = stderr(&o);
+    eprint!("{err}");
     assert!(err.contains(&format!("kaslr: slide 0x{slide:x} from the exits: {n} of {n} exit RIPs", n = insns.len())), "{err}");
     let v = json(&stdout(&o));
     assert_eq!(rows(&v).len(), insns.len());
