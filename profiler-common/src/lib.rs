@@ -18,6 +18,7 @@ mod hex;
 mod hist;
 mod loader;
 pub mod runs;
+pub mod unwind;
 mod state;
 
 pub use hex::parse_hex;

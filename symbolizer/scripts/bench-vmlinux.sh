@@ -8,13 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${2:-100000}
-VMLINUX=${1:-$(ls /usr/lib/debug/boot/vmlinux-*-cloud-amd64 2>/dev/null | head -1 || true)}
-if [ -z "$VMLINUX" ] || [ ! -f "$VMLINUX" ]; then
-    pkg=$(apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-cloud-amd64-dbg$' | awk '{print $1}' | sort -V | head -1)
-    echo "installing $pkg (about 281 MB download, 1.7 GB installed)" >&2
-    apt-get install -y "$pkg" >&2
-    VMLINUX=$(ls /usr/lib/debug/boot/vmlinux-*-cloud-amd64 | head -1)
-fi
+VMLINUX=${1:-$(bash scripts/debian-vmlinux.sh)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-sym}
 cargo build -q --release -p symbolizer --example bench-lookup
 BIN=$CARGO_TARGET_DIR/release/examples/bench-lookup

@@ -23,6 +23,15 @@ fn io_err(path: &Path, source: std::io::Error) -> SymbolizeError {
     SymbolizeError::Io { path: path.to_path_buf(), source }
 }
 
+/// The whole file, mapped read-only (a distribution vmlinux with DWARF is ~600 MB; the
+/// readers touch only the sections they need).
+pub fn map(path: &Path) -> Result<memmap2::Mmap, SymbolizeError> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    // SAFETY: read-only map. Truncating the file while it is mapped would fault (as it
+    // does for binutils and addr2line's own Loader); that is outside our contract.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))
+}
+
 pub fn load(path: &Path) -> Result<ElfInput, SymbolizeError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     // SAFETY: read-only map. Truncating the file while it is mapped would fault (as it

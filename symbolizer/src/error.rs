@@ -34,6 +34,10 @@ pub enum SymbolizeError {
     /// [`GuestSymbols`](crate::GuestSymbols): automatic slide with a vmlinux but no kallsyms.
     #[error("detecting the KASLR slide of {vmlinux} needs the guest's kallsyms too (its runtime `_text` address): give them, or give the slide explicitly")]
     AutoSlideNeedsKallsyms { vmlinux: PathBuf },
+    /// [`GuestSymbols::load_with_exits`](crate::GuestSymbols::load_with_exits): the exits do
+    /// not give the slide with enough confidence.
+    #[error("cannot find the KASLR slide of {vmlinux} from the recorded exits: {reason}")]
+    SlideNotFound { vmlinux: PathBuf, reason: crate::kaslr::SlideRefused },
     /// [`GuestSymbols`](crate::GuestSymbols): automatic slide with kallsyms but no vmlinux.
     #[error("detecting a KASLR slide needs a vmlinux besides {kallsyms}: kallsyms addresses are already runtime addresses, so kallsyms alone needs no slide")]
     AutoSlideNeedsVmlinux { kallsyms: PathBuf },

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use crate::error::SymbolizeError;
+use crate::exit_insns::ExitInsnIndex;
+use crate::kaslr::{infer_slide, SlideEstimate, SlideEvidence};
 use crate::{elf, Symbolizer};
 
 /// The guest kernel's KASLR slide: runtime address − link (vmlinux) address.
@@ -102,6 +104,20 @@ impl GuestSymbols {
     /// [`SymbolizeError::SlideWithoutSymbols`] if a slide was given.
     pub fn is_empty(&self) -> bool {
         self.vmlinux.is_none() && self.kallsyms.is_none()
+    }
+
+    /// As [`load`](Self::load), except that a vmlinux with [`KaslrSlide::Auto`] and no
+    /// kallsyms takes its slide from `exits`, the recorded exits of instructions
+    /// ([`crate::kaslr::infer_slide`]); the estimate is returned beside the symbolizer.
+    pub fn load_with_exits(&self, exits: &[SlideEvidence]) -> Result<Option<(Symbolizer, Option<SlideEstimate>)>, SymbolizeError> {
+        let (Some(elf), None, KaslrSlide::Auto) = (self.vmlinux.as_deref(), self.kallsyms.as_deref(), self.kaslr) else {
+            return Ok(self.load()?.map(|s| (s, None)));
+        };
+        let index = ExitInsnIndex::for_vmlinux(elf)?;
+        let estimate = infer_slide(&index, exits)
+            .map_err(|reason| SymbolizeError::SlideNotFound { vmlinux: elf.to_path_buf(), reason })?;
+        let fixed = GuestSymbols { kaslr: KaslrSlide::Offset(estimate.slide), ..self.clone() };
+        Ok(fixed.load()?.map(|s| (s, Some(estimate))))
     }
 
     /// The symbolizer for these sources (see the table on [`GuestSymbols`]); `Ok(None)`

@@ -40,12 +40,16 @@
 //!
 //! Lookups go through a sorted symbol index and a per-address result cache.
 
+mod cfi;
 mod dwarf;
 mod elf;
 mod error;
+pub mod exit_insns;
 mod guest;
 mod index;
+pub mod kaslr;
 mod kallsyms;
+pub mod unwind;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,3 +4,4 @@ pub mod callers;
 pub mod diff;
 pub mod percentile;
 pub mod report;
+pub mod slide;

@@ -43,7 +43,7 @@ pub struct AdviseArgs {
 
 pub fn run(a: AdviseArgs) -> Result<i32> {
     let rec = recording::load(&a.file)?;
-    let sym = a.symbols.load(None)?;
+    let sym = a.symbols.load_for(None, &[&rec])?;
     let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
     let advice = advise::build(&rec, AdviseOptions { min_run: a.min_run }, &resolve)?;
     let format = match a.format {

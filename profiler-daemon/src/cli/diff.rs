@@ -50,7 +50,7 @@ pub struct DiffArgs {
 pub fn run(a: DiffArgs) -> Result<i32> {
     let before = recording::load(&a.before)?;
     let after = recording::load(&a.after)?;
-    let sym = a.symbols.load((a.by == DiffByArg::Function).then_some("--by function"))?;
+    let sym = a.symbols.load_for((a.by == DiffByArg::Function).then_some("--by function"), &[&before, &after])?;
     let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
     let by = match a.by {
         DiffByArg::Rip => DiffBy::Rip,

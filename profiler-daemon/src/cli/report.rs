@@ -96,7 +96,7 @@ pub struct ReportArgs {
 
 pub fn run(a: ReportArgs) -> Result<i32> {
     let rec = recording::load(&a.file)?;
-    let sym = a.symbols.load((a.by == GroupByArg::Function).then_some("--by function"))?;
+    let sym = a.symbols.load_for((a.by == GroupByArg::Function).then_some("--by function"), &[&rec])?;
     let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
     if a.format == FormatArg::Pprof {
         let gz = render::pprof::from_profile(&rec, &resolve);

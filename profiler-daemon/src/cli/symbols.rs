@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
+use symbolizer::kaslr::SlideEstimate;
 use symbolizer::{GuestSymbols, KaslrSlide, SymbolizeError, Symbolizer};
+
+use profiler_daemon::model::Profile;
 
 /// Where guest function names come from (report, diff, symbolize).
 #[derive(clap::Args, Debug, Clone)]
@@ -15,8 +18,10 @@ pub struct GuestSymbolArgs {
     /// come from it. With --vmlinux: only used to detect the KASLR slide.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
-    /// Guest KASLR slide (runtime − link address) in hex, or `auto` to detect it from
-    /// --vmlinux and --kallsyms (the default when both are given).
+    /// Guest KASLR slide (runtime − link address) in hex, or `auto` to detect it: from
+    /// --kallsyms when given (the default when both files are), else from the recorded exit
+    /// RIPs and --vmlinux alone (report, diff, advise: the 2 MiB-aligned slide that puts the
+    /// RIPs on instructions of their exits' kinds; refused when the evidence is thin).
     #[arg(long, value_name = "HEX|auto", allow_hyphen_values = true, value_parser = parse_slide)]
     pub kaslr_offset: Option<KaslrSlide>,
 }
@@ -42,7 +47,23 @@ impl GuestSymbolArgs {
     /// The symbolizer, if symbols were given; `required_by` names an option that needs them.
     /// Symbolizer warnings (no DWARF, ...) go to stderr.
     pub fn load(&self, required_by: Option<&str>) -> Result<Option<Symbolizer>> {
-        let sym = self.to_sources().load().map_err(flag_error)?;
+        self.load_for(required_by, &[])
+    }
+
+    /// As [`load`](Self::load), for recordings: `--kaslr-offset auto` with only a vmlinux
+    /// takes the slide from their exits, and says on stderr what it found.
+    pub fn load_for(&self, required_by: Option<&str>, profiles: &[&Profile]) -> Result<Option<Symbolizer>> {
+        let sources = self.to_sources();
+        let sym = if profiles.is_empty() {
+            sources.load().map_err(flag_error)?
+        } else {
+            let evidence = profiler_daemon::analysis::slide::evidence(profiles.iter().copied());
+            let loaded = sources.load_with_exits(&evidence).map_err(flag_error)?;
+            if let Some((_, Some(est))) = &loaded {
+                eprintln!("{}", slide_line(est));
+            }
+            loaded.map(|(s, _)| s)
+        };
         if let (None, Some(option)) = (&sym, required_by) {
             return Err(anyhow!("{option} needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE"));
         }
@@ -53,11 +74,25 @@ impl GuestSymbolArgs {
     }
 }
 
+/// What `--kaslr-offset auto` found, in one line.
+fn slide_line(e: &SlideEstimate) -> String {
+    let runner_up = match e.runner_up {
+        Some((slide, n)) => format!("next best 0x{slide:x} with {n}"),
+        None => "no other slide matched any".into(),
+    };
+    format!(
+        "kaslr: slide 0x{:x} from the exits: {} of {} exit RIPs in the kernel text are on exit instructions ({} distinct RIPs; {runner_up})",
+        e.slide, e.matched, e.in_text, e.rips
+    )
+}
+
 /// The library's error, said in terms of the command line.
 fn flag_error(e: SymbolizeError) -> anyhow::Error {
     match e {
         SymbolizeError::SlideWithoutSymbols => anyhow!("--kaslr-offset needs --vmlinux or --kallsyms"),
-        SymbolizeError::AutoSlideNeedsKallsyms { .. } => anyhow!("--kaslr-offset auto needs the guest's kallsyms too: add --kallsyms FILE"),
+        SymbolizeError::AutoSlideNeedsKallsyms { .. } => anyhow!(
+            "--kaslr-offset auto with only --vmlinux finds the slide from a recording's exits (report, diff, advise); here add --kallsyms FILE or give the slide in hex"
+        ),
         SymbolizeError::AutoSlideNeedsVmlinux { .. } => {
             anyhow!("--kaslr-offset auto needs --vmlinux too (kallsyms addresses are already runtime addresses)")
         }
