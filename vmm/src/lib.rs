@@ -72,6 +72,7 @@ pub mod boot;
 pub mod bus;
 pub mod devices;
 pub mod hypercall;
+pub mod net;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

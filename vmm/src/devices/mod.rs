@@ -6,6 +6,7 @@ pub mod ide;
 pub mod pic;
 pub mod pit;
 pub mod pmtimer;
+pub mod rtl8139;
 pub mod serial;
 
 /// Assembles up to 4 little-endian bytes into a value (a shorter access zero-extends).
