@@ -1,7 +1,7 @@
 //! The port-I/O bus: one trait for every device, and a 64 Ki-entry table from port to
 //! device so the hot path costs one index and one match.
 
-use crate::devices::{debug::DebugPorts, ide::Ide, pic::Pic, pit::Pit, pmtimer::PmTimer, serial::Uart};
+use crate::devices::{debug::DebugPorts, ide::Ide, pic::Pic, pit::Pit, pmtimer::PmTimer, rtl8139::Rtl8139, serial::Uart};
 
 /// A device on the port bus. `data.len()` is the access size (1, 2 or 4). Reads of
 /// ports a device does not implement return all ones, like an ISA bus.
@@ -20,6 +20,7 @@ enum Slot {
     PmTimer,
     Ide,
     Debug,
+    Nic,
 }
 
 /// All devices of the VM. The doorbell port is not here: the vCPU loop owns it, because a
@@ -32,6 +33,8 @@ pub struct PortBus {
     pub pmtimer: PmTimer,
     pub ide: Option<Ide>,
     pub debug: DebugPorts,
+    /// The NIC (`--net`), once [`attach_nic`](Self::attach_nic) put it on the bus.
+    pub nic: Option<Rtl8139>,
     /// Accesses to ports no device claims (counted, answered with all ones).
     pub unclaimed: u64,
 }
@@ -56,7 +59,17 @@ impl PortBus {
         }
         claim(crate::abi::PORT_NULL..=crate::abi::PORT_NULL, Slot::Debug);
         claim(crate::abi::PORT_EXIT..=crate::abi::PORT_EXIT, Slot::Debug);
-        PortBus { map, serial, pit, pic, pmtimer, ide, debug, unclaimed: 0 }
+        PortBus { map, serial, pit, pic, pmtimer, ide, debug, nic: None, unclaimed: 0 }
+    }
+
+    /// Puts the NIC on the bus at its I/O base (ports no other device claims).
+    pub fn attach_nic(&mut self, nic: Rtl8139) {
+        for p in nic.ports() {
+            if self.map[p as usize] == Slot::None {
+                self.map[p as usize] = Slot::Nic;
+            }
+        }
+        self.nic = Some(nic);
     }
 
     #[inline]
@@ -71,6 +84,10 @@ impl PortBus {
                 None => data.fill(0xff),
             },
             Slot::Debug => self.debug.read(port, data),
+            Slot::Nic => match self.nic.as_mut() {
+                Some(d) => d.read(port, data),
+                None => data.fill(0xff),
+            },
             Slot::None => {
                 self.unclaimed += 1;
                 data.fill(0xff)
@@ -91,6 +108,11 @@ impl PortBus {
                 }
             }
             Slot::Debug => self.debug.write(port, data),
+            Slot::Nic => {
+                if let Some(d) = self.nic.as_mut() {
+                    d.write(port, data)
+                }
+            }
             Slot::None => self.unclaimed += 1,
         }
     }

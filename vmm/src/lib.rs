@@ -6,8 +6,9 @@
 //!
 //! - Devices, one module each under [`devices`], all on one port bus ([`bus::PortBus`]):
 //!   16550 UART (COM1, 0x3f8), i8254 PIT (0x40-0x43), 8259 PIC (0x20/0x21, 0xa0/0xa1),
-//!   ACPI PM timer (0x608), IDE/ATA PIO disk (0x1f0-0x1f7, 0x3f6), exit port (0x501) and
-//!   a null port (0x80).
+//!   ACPI PM timer (0x608), IDE/ATA PIO disk (0x1f0-0x1f7, 0x3f6), exit port (0x501),
+//!   a null port (0x80), and with `--net tap:NAME` an RTL8139-compatible NIC (0xc000-0xc0ff,
+//!   IRQ 5) on a TAP device ([`net::tap`]).
 //! - The batched port-I/O hypercall: [`hypercall`] documents the queue format.
 //! - `--pit-hz`: [`devices::pit`] documents the transparent rescaling.
 //!

@@ -73,6 +73,25 @@ struct RunArgs {
     /// Do not echo the guest console to stdout.
     #[arg(long)]
     quiet: bool,
+    /// The NIC (RTL8139-compatible, I/O base 0xc000, IRQ 5): `none`, or `tap:NAME` to
+    /// create (or attach to) the TAP device NAME and move frames through it (needs
+    /// CAP_NET_ADMIN).
+    #[arg(long, value_name = "none|tap:NAME", default_value = "none", value_parser = parse_net)]
+    net: NetArg,
+}
+
+#[derive(Clone, Debug)]
+enum NetArg {
+    None,
+    Tap(String),
+}
+
+fn parse_net(s: &str) -> Result<NetArg, String> {
+    match s.split_once(':') {
+        _ if s == "none" => Ok(NetArg::None),
+        Some(("tap", name)) if !name.is_empty() => Ok(NetArg::Tap(name.into())),
+        _ => Err(format!("{s:?}: give `none` or `tap:NAME` (e.g. tap:tap0)")),
+    }
 }
 
 fn run(a: RunArgs) -> Result<i32> {
@@ -90,6 +109,10 @@ fn run(a: RunArgs) -> Result<i32> {
     cfg.mem_mib = a.mem_mib;
     cfg.echo_console = !a.quiet;
     cfg.name = a.name;
+    cfg.net_tap = match a.net {
+        NetArg::None => None,
+        NetArg::Tap(name) => Some(name),
+    };
     let report = vmm::run(&cfg)?;
     eprint!("{}", report.stats.render());
     if let Some(p) = &a.stats_json {

@@ -2,7 +2,7 @@
 //! `KVM_INTERRUPT` when the guest can take it (otherwise ask for an interrupt window).
 
 use crate::abi::stats::RunOutcome;
-use crate::abi::PORT_DOORBELL;
+use crate::abi::{NIC_IRQ, PORT_DOORBELL};
 use crate::bus::PortBus;
 use crate::hypercall;
 use crate::stats::ExitStats;
@@ -79,6 +79,8 @@ enum Io {
 
 pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Outcome, ExitStats, PortBus) {
     let mut st = ExitStats::default();
+    // The NIC's interrupt line as last seen: the 8259 takes an edge.
+    let mut nic_line = false;
     let outcome = loop {
         // IRQ0 from the PIT, then delivery through the PIC.
         if let Some(due) = bus.pit.irq_deadline() {
@@ -86,6 +88,16 @@ pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Ou
             if now >= due && bus.pit.take_irq(now) {
                 bus.pic.raise_irq(0);
             }
+        }
+        // The NIC: frames waiting on its backend go into the guest's ring; a rising edge
+        // of its line is an interrupt request.
+        if let Some(nic) = bus.nic.as_mut() {
+            nic.poll_rx();
+            let level = nic.irq_level();
+            if level && !nic_line {
+                bus.pic.raise_irq(NIC_IRQ);
+            }
+            nic_line = level;
         }
         let pending = bus.pic.has_pending();
         {
@@ -201,12 +213,20 @@ fn on_halt(vcpu: &mut VcpuFd, bus: &mut PortBus) -> Option<Outcome> {
     if bus.pic.has_pending() && if_flag {
         return None;
     }
+    // A guest waiting for a frame: look at the NIC again soon (the loop polls it).
+    let nic_wakes = if_flag && bus.nic.is_some() && !bus.pic.is_masked(NIC_IRQ);
+    let nic_poll = Instant::now() + std::time::Duration::from_micros(100);
     match bus.pit.irq_deadline() {
         Some(due) if if_flag && !bus.pic.is_masked(0) => {
+            let due = if nic_wakes { due.min(nic_poll) } else { due };
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
+            None
+        }
+        _ if nic_wakes => {
+            std::thread::sleep(std::time::Duration::from_micros(100));
             None
         }
         _ => Some(Outcome::HaltedForever { rip: rip(vcpu) }),

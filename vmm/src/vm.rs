@@ -4,7 +4,10 @@ use crate::abi::stats::{GuestReport, RunStats, TimerStats};
 use crate::abi::*;
 use crate::boot;
 use crate::bus::PortBus;
-use crate::devices::{debug::DebugPorts, ide::Ide, pic::Pic, pit::Pit, pmtimer::PmTimer, serial::Uart};
+use crate::devices::{debug::DebugPorts, ide::Ide, pic::Pic, pit::Pit, pmtimer::PmTimer, rtl8139::Rtl8139, serial::Uart};
+
+/// The NIC's MAC address (a locally administered one, QEMU's prefix).
+pub const NIC_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 use crate::stats::ExitStats;
 use crate::vcpu::{self, Outcome};
 use crate::{VmmError, Workload};
@@ -30,6 +33,9 @@ pub struct VmConfig {
     /// Echo the guest console to stdout.
     pub echo_console: bool,
     pub name: Option<String>,
+    /// The NIC's backend: `None` = no NIC (`--net none`), `Some(name)` = the TAP device
+    /// `name` (`--net tap:NAME`).
+    pub net_tap: Option<String>,
 }
 
 impl VmConfig {
@@ -47,6 +53,7 @@ impl VmConfig {
             memory_map: None,
             echo_console: true,
             name: None,
+            net_tap: None,
         }
     }
 }
@@ -152,7 +159,7 @@ pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
         std::fs::write(path, text + "\n").map_err(|e| VmmError::Config(format!("{}: {e}", path.display())))?;
     }
 
-    let bus = PortBus::new(
+    let mut bus = PortBus::new(
         Uart::new(PORT_COM1, cfg.echo_console),
         Pit::new(cfg.pit_hz),
         Pic::new(),
@@ -160,6 +167,10 @@ pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
         ide,
         DebugPorts::default(),
     );
+    if let Some(name) = &cfg.net_tap {
+        let tap = crate::net::tap::Tap::open(name).map_err(|e| VmmError::Config(format!("--net tap:{name}: {e}")))?;
+        bus.attach_nic(Rtl8139::new(PORT_NIC, NIC_MAC, mem.clone(), Box::new(tap)));
+    }
     let started = Instant::now();
     let thread_mem = mem.clone();
     let handle = std::thread::Builder::new()
@@ -225,6 +236,7 @@ fn run_stats(
         },
         unclaimed_port_accesses: bus.unclaimed,
         ide: bus.ide.as_ref().map(|d| d.stats),
+        nic: bus.nic.as_ref().map(|d| d.stats.clone()),
         guest,
     }
 }

@@ -88,3 +88,42 @@ fn bad_tap_names_are_refused_in_one_line() {
         assert!(e.to_string().contains("TAP name"), "{e}");
     }
 }
+
+/// tinyvmm with `--net tap:NAME` polls the TAP from its loop: frames the kernel sends while
+/// the guest has not enabled receiving are dropped and counted, and the run is unharmed.
+#[test]
+fn tinyvmm_polls_its_tap_and_counts_what_the_guest_did_not_take() {
+    let id = std::process::id() % 100_000;
+    let (ns, dev) = (Netns(format!("kvmprof-vmtap-{id}")), format!("kvmpv{id}"));
+    ip(&["netns", "add", &ns.0]);
+    let dir = std::env::temp_dir().join(format!("kvmprof-vmtap-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stats = dir.join("stats.json");
+    let mut vm = Command::new(env!("CARGO_BIN_EXE_tinyvmm"))
+        .args(["run", "--workload", "timer", "--seconds", "2", "--quiet", "--net", &format!("tap:{dev}"), "--stats-json"])
+        .arg(&stats)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("tinyvmm");
+    // The TAP appears once tinyvmm has set up its devices.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&format!("/sys/class/net/{dev}")).exists() {
+        assert!(Instant::now() < deadline, "tinyvmm did not create {dev}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ip(&["link", "set", &dev, "netns", &ns.0]);
+    ip(&["-n", &ns.0, "addr", "add", "198.18.98.1/24", "dev", &dev]);
+    ip(&["-n", &ns.0, "link", "set", &dev, "up"]);
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ping", "-c", "2", "-i", "0.2", "-W", "1", "198.18.98.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let status = vm.wait().unwrap();
+    assert!(status.success(), "tinyvmm: {status}");
+    let s: vmm::abi::stats::RunStats = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let nic = s.nic.expect("NIC counters with --net");
+    assert!(nic.rx_dropped_disabled >= 1, "the kernel's ARP requests reached the NIC: {nic:?}");
+    assert_eq!((nic.rx_frames, nic.tx_frames, nic.dma_errors, nic.tx_errors), (0, 0, 0, 0), "{nic:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

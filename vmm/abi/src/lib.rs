@@ -72,6 +72,10 @@ pub const PORT_NULL: u16 = 0x80;
 /// ACPI PM timer (PIIX4's PMBASE 0x600 + 8, as under QEMU).
 pub const PORT_PMTMR: u16 = 0x608;
 pub const PORT_COM1: u16 = 0x3f8;
+/// I/O base of the RTL8139-compatible NIC (`--net`): its 256-byte register window.
+pub const PORT_NIC: u16 = 0xc000;
+/// The NIC's interrupt line on the (master) PIC.
+pub const NIC_IRQ: u8 = 5;
 
 /// The line prefix of the guest's result report on the serial console.
 pub const RESULT_PREFIX: &str = "@@result ";

@@ -107,6 +107,10 @@ pub struct RunStats {
     pub unclaimed_port_accesses: u64,
     /// The IDE disk's counters; `None` (`null`) when the run had no `--disk`.
     pub ide: Option<IdeStats>,
+    /// The NIC's counters; `None` (`null`, or absent in files from before the NIC) when the
+    /// run had no `--net`.
+    #[serde(default)]
+    pub nic: Option<NicStats>,
     /// The guest's own `@@result {json}` report (the last one it printed); `None`
     /// (`null`) when it printed none (e.g. a triple fault).
     pub guest: Option<GuestReport>,
@@ -223,6 +227,42 @@ pub struct IdeStats {
     pub flushes: u64,
     /// Commands that ended with ERR (ABRT, IDNF or UNC).
     pub errors: u64,
+}
+
+/// The NIC's counters (`--net`): what it moved, what it refused, and every register access.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicStats {
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames dropped because the receive ring had no room (the guest sees ISR.RXOVW).
+    pub rx_dropped_ring_full: u64,
+    /// Frames dropped because receiving was off or no ring was set.
+    pub rx_dropped_disabled: u64,
+    /// Frames dropped for being longer than an Ethernet frame (1514 bytes).
+    pub rx_dropped_oversized: u64,
+    /// Transmits refused: size 0 or over 1514 bytes, or the backend failed.
+    pub tx_errors: u64,
+    /// DMA addresses (transmit descriptors, the receive ring) outside guest RAM.
+    pub dma_errors: u64,
+    /// Writes the NIC ignored (read-only registers, reserved command bits).
+    pub ignored_writes: u64,
+    /// Rising edges of the NIC's interrupt line.
+    pub interrupts: u64,
+    /// Accesses per register, by offset from the I/O base, in offset order.
+    pub registers: alloc::vec::Vec<NicRegisterAccesses>,
+}
+
+/// One NIC register's accesses (trapped ones: each is one exit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicRegisterAccesses {
+    /// Offset from the I/O base, e.g. 0x3e for ISR.
+    pub offset: u16,
+    pub reads: u64,
+    pub writes: u64,
 }
 
 /// The guest's `@@result {json}` report. One flat object; which fields a report has

@@ -86,30 +86,8 @@ pub trait NetBackend {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
 }
 
-/// What the NIC did, for `--stats-json` and the hostile-guest tests.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NicStats {
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    /// Frames dropped because the receive ring had no room (ISR.RXOVW).
-    pub rx_dropped_ring_full: u64,
-    /// Frames dropped because receiving was off or the ring was not set up.
-    pub rx_dropped_disabled: u64,
-    /// Frames dropped because they are bigger than [`MAX_FRAME`].
-    pub rx_dropped_oversized: u64,
-    /// Transmits refused: size 0 or over [`MAX_FRAME`], or the backend failed.
-    pub tx_errors: u64,
-    /// DMA addresses (TSAD, RBSTART ring) outside guest RAM.
-    pub dma_errors: u64,
-    /// Writes the device ignored (to read-only registers, reserved command bits).
-    pub ignored_writes: u64,
-    /// Interrupt line raised (a rising edge: ISR & IMR went from 0 to non-zero).
-    pub interrupts: u64,
-    /// Register accesses by offset: `(offset, reads, writes)` for each offset touched.
-    pub accesses: Vec<(u16, u64, u64)>,
-}
+/// What the NIC did (`--stats-json`, the hostile-guest tests): the document's own type.
+pub use tinyvmm_abi::stats::{NicRegisterAccesses, NicStats};
 
 pub struct Rtl8139 {
     base: u16,
@@ -195,18 +173,19 @@ impl Rtl8139 {
     }
 
     fn count(&mut self, off: u16, write: bool) {
-        let slot = match self.stats.accesses.binary_search_by_key(&off, |a| a.0) {
+        let regs = &mut self.stats.registers;
+        let slot = match regs.binary_search_by_key(&off, |a| a.offset) {
             Ok(i) => i,
             Err(i) => {
-                self.stats.accesses.insert(i, (off, 0, 0));
+                regs.insert(i, NicRegisterAccesses { offset: off, reads: 0, writes: 0 });
                 i
             }
         };
-        let a = &mut self.stats.accesses[slot];
+        let a = &mut regs[slot];
         if write {
-            a.2 += 1;
+            a.writes += 1;
         } else {
-            a.1 += 1;
+            a.reads += 1;
         }
     }
 

@@ -207,5 +207,6 @@ fn register_accesses_are_counted_by_offset() {
     }
     w16(&mut n, reg::ISR, 0xffff);
     w16(&mut n, reg::IMR, 0);
-    assert_eq!(n.stats.accesses, vec![(reg::IMR, 0, 1), (reg::ISR, 3, 1)]);
+    let acc = |offset, reads, writes| NicRegisterAccesses { offset, reads, writes };
+    assert_eq!(n.stats.registers, vec![acc(reg::IMR, 0, 1), acc(reg::ISR, 3, 1)]);
 }
