@@ -77,6 +77,9 @@ fn main() {
             // The outer build's settings are for the host, not for BPF.
             .env_remove("RUSTC")
             .env_remove("RUSTC_WRAPPER")
+            // `cargo clippy` runs every workspace crate through its stable clippy-driver.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("CARGO_BUILD_TARGET")
