@@ -176,7 +176,7 @@ pub struct ExitRecord {
 // the daemon, with recording files: a change must be deliberate, not a side effect.
 const _: () = assert!(core::mem::size_of::<ExitKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 112 + core::mem::size_of::<runs::RunState>());
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 128 + core::mem::size_of::<runs::RunState>());
 const _: () = assert!(core::mem::size_of::<runs::RunState>() == 304);
 const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
 

@@ -108,10 +108,24 @@ pub const VCPU_GLOBALS: &[(&str, &str, u32)] = &[
 /// `(global, member path, expected width)`; `fetch.data` is an array: its address is used.
 pub const EMULATOR_GLOBALS: &[(&str, &[&str], u64)] = &[
     ("CTXT_EIP", &["_eip"], 8),
+    // `eip`: the instruction's own RIP from decode until the emulator writes the next one back
+    // after executing it. `kvm_pio` and `kvm_mmio` fire while the instruction executes (a read's
+    // completion re-executes it), so there the RIP is this one read, next to `mode`; the
+    // user-space exit of a HLT or a write comes after the write-back and needs `_eip - len`.
+    ("CTXT_START_EIP", &["eip"], 8),
     ("CTXT_MODE", &["mode"], 4),
     ("CTXT_FETCH_PTR", &["fetch", "ptr"], 8),
     ("CTXT_FETCH_DATA", &["fetch", "data"], 15),
 ];
+
+/// Global: `offsetof(struct kvm_vcpu, run)` from the running kernel's BTF: the vcpu's
+/// `struct kvm_run`, whose `io` member says whether a port exit is a write (see
+/// `ThreadState::on_live_userspace_exit_of_access`).
+pub const VCPU_RUN: &str = "VCPU_RUN";
+/// `offsetof(struct kvm_run, io)` (uapi/linux/kvm.h, a stable ABI): `{ u8 direction; u8 size;
+/// u16 port; u32 count; u64 data_offset }`, direction `KVM_EXIT_IO_OUT` = 1.
+pub const KVM_RUN_IO: u64 = 32;
+pub const KVM_EXIT_IO_OUT: u8 = 1;
 
 /// `x86_emulate_ctxt::mode` value for 64-bit mode (`enum x86emul_mode`), where the CS base is
 /// ignored by the CPU and taken as 0.

@@ -39,8 +39,8 @@ use profiler_common::{
     guest::{self, GuestMemMap, Paging},
     maps, mmio_type,
     runs::{RunKey, RunStats},
-    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE, REGS_AVAIL_RSP,
-    UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
+    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_IO,
+    NO_CS_BASE, REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
 // Read-only globals, set by the loader (`EbpfLoader::override_global`, names from
@@ -83,9 +83,14 @@ static VCPU_CR4: Global<u32> = Global::new(0);
 static VCPU_EFER: Global<u32> = Global::new(0);
 #[no_mangle]
 static VCPU_EMULATE_CTXT: Global<u32> = Global::new(0);
+/// profiler_common::VCPU_RUN: `struct kvm_vcpu::run`.
+#[no_mangle]
+static VCPU_RUN: Global<u32> = Global::new(0);
 // `struct x86_emulate_ctxt` offsets from BTF (profiler_common::EMULATOR_GLOBALS).
 #[no_mangle]
 static CTXT_EIP: Global<u32> = Global::new(0);
+#[no_mangle]
+static CTXT_START_EIP: Global<u32> = Global::new(0);
 #[no_mangle]
 static CTXT_MODE: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -373,16 +378,23 @@ fn note_vcpu(vcpu: u64) {
 
 /// The thread's vcpu: from this CPU's slot when this thread wrote it, else the copy cached in
 /// the thread state (the thread moved CPU between the two events). The pointer is constant
-/// for a vCPU thread, so the cache is never stale.
+/// for a vCPU thread, so the cache is never stale. With a new vcpu, its emulator context and
+/// `kvm_run` pointers (as constant) are read once into the state too.
 #[inline(always)]
 fn thread_vcpu(s: &mut ThreadState, t: &Thread) -> u64 {
     if let Some(slot) = VCPU_SLOT.get_ptr(0) {
         // SAFETY: a non-null pointer to this CPU's slot (plain integers); nothing else on
         // this CPU writes it while this program runs.
         let slot = unsafe { *slot };
-        if slot.tid == t.tid && slot.vcpu != 0 {
+        if slot.tid == t.tid && slot.vcpu != 0 && slot.vcpu != s.vcpu_ptr {
             s.vcpu_ptr = slot.vcpu;
+            s.ctxt_ptr = 0;
+            s.run_ptr = 0;
         }
+    }
+    if s.vcpu_ptr != 0 && s.ctxt_ptr == 0 {
+        s.ctxt_ptr = vcpu_field(s.vcpu_ptr, &VCPU_EMULATE_CTXT).unwrap_or(0);
+        s.run_ptr = vcpu_field(s.vcpu_ptr, &VCPU_RUN).unwrap_or(0);
     }
     s.vcpu_ptr
 }
@@ -418,11 +430,8 @@ pub fn vcpu_of_exit(ctx: RawTracePointContext) -> u32 {
 /// mode; otherwise PVM's segment cache (what the kernel's tracepoint prints), or 0 when the
 /// kernel has none. 0 (no RIP) when the vcpu is not known.
 #[inline(always)]
-fn insn_rip(vcpu: u64) -> u64 {
-    if vcpu == 0 {
-        return 0;
-    }
-    let Some(ctxt) = vcpu_field(vcpu, &VCPU_EMULATE_CTXT) else { return 0 };
+fn insn_rip(s: &ThreadState) -> u64 {
+    let ctxt = s.ctxt_ptr;
     if ctxt == 0 {
         return 0;
     }
@@ -439,6 +448,39 @@ fn insn_rip(vcpu: u64) -> u64 {
     }
     // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
     let mode = unsafe { bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0) };
+    linear(s.vcpu_ptr, mode, eip.wrapping_sub(len))
+}
+
+/// The RIP of the instruction the emulator is executing, at `kvm_pio` / `kvm_mmio`: its
+/// `ctxt->eip` (see profiler_common::EMULATOR_GLOBALS), read with `mode` in one probe read
+/// when they are neighbours (they are in 6.x kernels), plus the CS base outside 64-bit mode.
+#[inline(always)]
+fn access_rip(s: &ThreadState) -> u64 {
+    let ctxt = s.ctxt_ptr;
+    if ctxt == 0 {
+        return 0;
+    }
+    let at = ctxt + CTXT_START_EIP.load() as u64;
+    let (eip, mode) = if CTXT_MODE.load() == CTXT_START_EIP.load() + 8 {
+        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+        match unsafe { bpf_probe_read_kernel(at as *const [u64; 2]) } {
+            Ok(v) => (v[0], v[1] as u32),
+            Err(_) => return 0,
+        }
+    } else {
+        // SAFETY: probe reads: a bad address makes the helper fail, it cannot fault.
+        unsafe {
+            let Ok(eip) = bpf_probe_read_kernel(at as *const u64) else { return 0 };
+            (eip, bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0))
+        }
+    };
+    linear(s.vcpu_ptr, mode, eip)
+}
+
+/// Linear address of `rip` in emulator mode `mode`: CS base 0 in 64-bit mode; otherwise PVM's
+/// segment cache (what the kernel's tracepoint prints), or 0 when the kernel has none.
+#[inline(always)]
+fn linear(vcpu: u64, mode: u32, rip: u64) -> u64 {
     let cs = VCPU_CS_BASE.load();
     let csbase = if mode == X86EMUL_MODE_PROT64 || cs == NO_CS_BASE {
         0
@@ -446,7 +488,20 @@ fn insn_rip(vcpu: u64) -> u64 {
         // The kernel's tracepoint stores csbase in a __u32 field: the same truncation here.
         vcpu_field(vcpu, &VCPU_CS_BASE).unwrap_or(0) as u32 as u64
     };
-    csbase.wrapping_add(eip.wrapping_sub(len))
+    csbase.wrapping_add(rip)
+}
+
+/// The port of the vcpu's current exit to user space when it is a port write (`kvm_run.io`),
+/// else None. One probe read of the `kvm_run` page.
+#[inline(always)]
+fn run_io_out_port(run: u64) -> Option<u16> {
+    if run == 0 {
+        return None;
+    }
+    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+    let io = unsafe { bpf_probe_read_kernel((run + KVM_RUN_IO) as *const u32).ok()? };
+    // Little-endian { u8 direction; u8 size; u16 port }.
+    ((io & 0xff) as u8 == KVM_EXIT_IO_OUT).then_some((io >> 16) as u16)
 }
 
 /// Raw `kvm_pio(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
@@ -480,7 +535,8 @@ fn access(t: Thread, kind: u8, addr: u64) {
     if HW_SOURCE.load() != 0 {
         s.on_hw_detail(kind, addr);
     } else {
-        let rip = insn_rip(thread_vcpu(s, &t));
+        thread_vcpu(s, &t);
+        let rip = access_rip(s);
         let done = s.on_live_access(now(), t, kind, addr, rip);
         charge_exit(s, done);
         attribute_caller(s, &t);
@@ -493,7 +549,13 @@ pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     let reason = kvm_exit::userspace_exit_reason(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
     if let Some(s) = thread_state(&t) {
-        let rip = insn_rip(thread_vcpu(s, &t));
+        // Usually this is the exit of the port write just traced by kvm_pio: mark it, no more.
+        let run = s.run_ptr;
+        if s.on_live_userspace_exit_of_access(reason, || run_io_out_port(run)) {
+            return 0;
+        }
+        thread_vcpu(s, &t);
+        let rip = insn_rip(s);
         let done = s.on_live_userspace_exit(now(), t, reason, rip);
         charge_exit(s, done);
         attribute_caller(s, &t);
