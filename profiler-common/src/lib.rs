@@ -23,7 +23,7 @@ mod state;
 pub use hex::parse_hex;
 pub use hist::*;
 pub use loader::*;
-pub use state::{PendingExit, Thread, ThreadState};
+pub use state::{PendingExit, Thread, ThreadSlot, ThreadState};
 
 /// `ExitKey::isa`: which table `reason` is a code of.
 pub mod isa {
@@ -194,6 +194,8 @@ mod pod {
     unsafe impl aya::Pod for super::ExitStats {}
     // SAFETY: repr(C) integers and Pod structs; `_pad` fields fill every gap.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: repr(C), two u32 and a ThreadState (Pod, 8-byte aligned): no padding.
+    unsafe impl aya::Pod for super::ThreadSlot {}
     // SAFETY: repr(C), an ExitKey (Pod, size a multiple of 8) and u64s.
     unsafe impl aya::Pod for super::ExitRecord {}
     // SAFETY: repr(C), two u64, no padding.

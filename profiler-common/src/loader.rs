@@ -21,9 +21,24 @@ pub mod maps {
     /// ~7 800 keys from one instruction) fills `EXITS` and must not lose the exits after it.
     pub const EXITS_OVERFLOW: &str = "EXITS_OVERFLOW";
     pub const EXITS_OVERFLOW_MAX_ENTRIES: u32 = 65536;
-    /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine.
+    /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine of the threads that have
+    /// no slot in `THREAD_SLOTS` (their slot was taken by another thread).
     pub const THREADS: &str = "THREADS";
     pub const THREADS_MAX_ENTRIES: u32 = 16384;
+    /// `Array<ThreadSlot>`: the state of thread `tid` at index `tid % THREAD_SLOTS_MAX_ENTRIES`
+    /// when `ThreadSlot::tid` names it. An array lookup is inlined by the verifier, where a
+    /// hash lookup cost ~100 ns per event here (three events per exit); a thread whose slot is
+    /// taken falls back to `THREADS`.
+    pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
+    pub const THREAD_SLOTS_MAX_ENTRIES: u32 = 1024;
+    /// `HashMap<u32 index, u32 tid>`: who owns each used `THREAD_SLOTS` index. A thread claims a
+    /// free index by inserting here with `BPF_NOEXIST` (atomic: one of two new threads wins),
+    /// once; the daemon frees it (slot zeroed first, then this entry deleted) when the process
+    /// has ended.
+    pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
+    /// `Array<u32>` of one slot: 1 once the daemon has put any guest memory map in
+    /// `GUEST_MEMORY`, so exits of VMMs without one skip that hash lookup.
+    pub const GUEST_MEMORY_USED: &str = "GUEST_MEMORY_USED";
     /// `RingBuf` of [`crate::ExitRecord`], written only when records are requested.
     pub const RECORDS: &str = "RECORDS";
     pub const RECORDS_BYTES: u32 = 16 << 20;

@@ -52,6 +52,15 @@ pub struct ThreadState {
     pub run: RunState,
 }
 
+/// A `THREAD_SLOTS` entry (see `maps::THREAD_SLOTS`): the state of thread `tid`, 0 = free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSlot {
+    pub tid: u32,
+    pub _pad: u32,
+    pub state: ThreadState,
+}
+
 /// Who ran the event: the VMM process and its vCPU thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Thread {

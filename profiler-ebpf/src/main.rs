@@ -39,7 +39,7 @@ use profiler_common::{
     guest::{self, GuestMemMap, Paging},
     maps, mmio_type,
     runs::{RunKey, RunStats},
-    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_IO,
+    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadSlot, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_IO,
     NO_CS_BASE, REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
@@ -113,6 +113,13 @@ static EXITS_OVERFLOW: PerCpuHashMap<ExitKey, CountTime> =
     PerCpuHashMap::with_max_entries(maps::EXITS_OVERFLOW_MAX_ENTRIES, 0);
 #[map]
 static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(maps::THREADS_MAX_ENTRIES, 0);
+/// Thread states by `tid % THREAD_SLOTS_MAX_ENTRIES` (see maps::THREAD_SLOTS).
+#[map]
+static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
+#[map]
+static SLOT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
+#[map]
+static GUEST_MEMORY_USED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(maps::RECORDS_BYTES, 0);
 /// An all-zero `ExitStats`, the initial value of a new EXITS entry: at ~2 KiB it cannot be
@@ -170,15 +177,54 @@ fn traced_thread() -> Option<Thread> {
     Some(t)
 }
 
-/// The thread's state, created on its first event.
+/// The thread's `THREAD_SLOTS` entry and its index.
+#[inline(always)]
+fn thread_slot(t: &Thread) -> Option<(u32, *mut ThreadSlot)> {
+    let index = t.tid % maps::THREAD_SLOTS_MAX_ENTRIES;
+    THREAD_SLOTS.get_ptr_mut(index).map(|p| (index, p))
+}
+
+/// The thread's state if it has one: its slot (an inlined array lookup), else its `THREADS`
+/// entry (a thread whose slot another thread owns).
+#[inline(always)]
+fn known_thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
+    if let Some((_, slot)) = thread_slot(t) {
+        // SAFETY: a non-null pointer to an array entry, valid for the program run. Only the
+        // thread named by `tid` writes its `state` (one writer); `tid` is written once, by
+        // the claim below, or zeroed by the daemon after the thread's process ended.
+        // ('static is wider than true; callers keep it only for the current program run.)
+        unsafe {
+            if (*slot).tid == t.tid {
+                return Some(&mut (*slot).state);
+            }
+        }
+    }
+    // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
+    THREADS.get_ptr_mut(t.tid).map(|s| unsafe { &mut *s })
+}
+
+/// The thread's state, created on its first event: in its slot if it can claim it, else in
+/// `THREADS`.
 #[inline(always)]
 fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
-    if let Some(s) = THREADS.get_ptr_mut(t.tid) {
-        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        // ('static is wider than true; callers keep it only for the current program run.)
-        return Some(unsafe { &mut *s });
+    if let Some(s) = known_thread_state(t) {
+        return Some(s);
     }
-    // A new thread: zeros copied map to map, then its name and process set in place.
+    if let Some((index, slot)) = thread_slot(t) {
+        // BPF_NOEXIST: of two threads claiming one index at once, exactly one inserts.
+        if SLOT_OWNERS.insert(index, t.tid, BPF_NOEXIST as u64).is_ok() {
+            // SAFETY: the slot this thread now owns; it is all zeros (never used, or zeroed
+            // by the daemon before it deleted the previous owner), so only the name and
+            // process are set before `tid` publishes it.
+            unsafe {
+                (*slot).state.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+                (*slot).state.tgid = t.tgid;
+                (*slot).tid = t.tid;
+                return Some(&mut (*slot).state);
+            }
+        }
+    }
+    // A thread whose slot is taken: zeros copied map to map, then its name and process set in place.
     let zero = ZERO_THREAD.get(0)?;
     if THREADS.insert(t.tid, zero, 0).is_err() {
         bump(counter::THREADS_FULL);
@@ -303,6 +349,10 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     // First, so the pointer is cached even for a VMM without a memory map: the daemon
     // detaches the per-instruction program once every thread has one (Session::poll).
     let vcpu = thread_vcpu(s, t);
+    // No VMM has a memory map (yet): skip the hash lookup.
+    if GUEST_MEMORY_USED.get(0).copied() != Some(1) {
+        return UNKNOWN_CALLER;
+    }
     // SAFETY: `get` is unsafe because a preallocated hash entry replaced concurrently (the
     // daemon updating this VMM's map) may be reused and read torn. The value is plain integers
     // and only ever yields addresses for bpf_probe_read_user, which cannot fault: a torn map
@@ -570,9 +620,8 @@ pub fn kvm_fpu(ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let Some(t) = traced_thread() else { return 0 };
-    if let Some(s) = THREADS.get_ptr_mut(t.tid) {
-        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        unsafe { (*s).on_run_entry(now()) };
+    if let Some(s) = known_thread_state(&t) {
+        s.on_run_entry(now());
     }
     0
 }
@@ -597,9 +646,7 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    if let Some(s) = THREADS.get_ptr_mut(t.tid) {
-        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        let s = unsafe { &mut *s };
+    if let Some(s) = known_thread_state(&t) {
         let done = s.on_hw_entry(now());
         charge_exit(s, done);
     }
