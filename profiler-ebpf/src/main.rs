@@ -10,7 +10,7 @@
 //!   guest instruction except `vcpu_of_insn`, and that only until every vCPU thread's
 //!   `struct kvm_vcpu *` is known (then the daemon detaches it).
 //!
-//! Every program except the hw source's `kvm_exit`/`kvm_entry` is a raw tracepoint: no
+//! Every program except the hw source's `kvm_exit` is a raw tracepoint: no
 //! TP_fast_assign, no perf-buffer record, the TP_PROTO arguments in registers. (The per-exit
 //! classic programs cost ~4 x 0.1-0.2 us per exit here.)
 //!
@@ -643,8 +643,14 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
+/// Raw `kvm_entry(vcpu, immediate_exit)`: only the time is needed, so no classic event (its
+/// TP_fast_assign reads the RIP and more into a perf-buffer record on every entry).
+///
+/// `kvm_exit` stays a classic tracepoint: its raw arguments are only `(vcpu, isa)`, and on VMX
+/// the guest RIP and exit reason live in the VMCS, which only the event's own TP_fast_assign
+/// (`kvm_rip_read`, `get_exit_info`: VMREADs) can read; a BPF program cannot.
+#[raw_tracepoint(tracepoint = "kvm_entry")]
+pub fn kvm_entry(_ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     if let Some(s) = known_thread_state(&t) {
         let done = s.on_hw_entry(now());

@@ -39,7 +39,8 @@ pub trait SourcePrograms {
 impl SourcePrograms for Source {
     fn tracepoints(self) -> &'static [&'static str] {
         match self {
-            Source::Hw => &["kvm_exit", "kvm_entry"],
+            // kvm_exit's raw arguments lack the reason and RIP on VMX (see the eBPF kvm_entry).
+            Source::Hw => &["kvm_exit"],
             // Raw tracepoints only: a classic one costs the event's TP_fast_assign and a
             // perf-buffer record on top of the program.
             Source::Emulated => &[],
@@ -48,7 +49,7 @@ impl SourcePrograms for Source {
 
     fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Source::Hw => &[("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
+            Source::Hw => &[("kvm_entry", "kvm_entry"), ("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
             Source::Emulated => &[
                 ("kvm_pio", "kvm_pio"),
                 ("kvm_mmio", "kvm_mmio"),
