@@ -17,7 +17,8 @@
 # the exact counts are checked: bpftrace's map and kvmprof's recording must hold OUTS port writes.
 #   usage: sudo scripts/bench-peers.sh [ROUNDS] [OUTS]     (default: 5 rounds, 200000 outs)
 #   MODES="bpftrace kvmprof" runs only those modes (the tables need "none" and "bpftrace" for their
-#   slowdown and ratio columns); KVMPROF=PATH picks the kvmprof binary.
+#   slowdown and ratio columns); KVMPROF=PATH picks the kvmprof binary; KVMPROF_BEFORE=PATH adds
+#   a mode "before": another kvmprof build in the same rounds (before/after a change).
 # Needs root, KVM, bpftrace, perf, bpftool (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,12 +41,16 @@ rounds, outs, tmp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 KVMPROF, LOOP = os.environ["KVMPROF"], os.environ["LOOP"]
 PORT = 0x80
 MODES = os.environ.get("MODES", "none bpftrace perf kvmprof records").split()
+BEFORE = os.environ.get("KVMPROF_BEFORE")  # another kvmprof build, measured in the same rounds
+if BEFORE:
+    MODES.append("before")
 LABEL = {
     "none": "no tracer",
     "bpftrace": "bpftrace, count-only on kvm:kvm_pio",
     "perf": "perf record -e kvm:kvm_pio,kvm:kvm_userspace_exit",
     "kvmprof": "kvmprof record (aggregate)",
     "records": "kvmprof record --records",
+    "before": f"kvmprof record (aggregate), {BEFORE}",
 }
 
 def prog_ids(pid):
@@ -82,8 +87,8 @@ def run(mode, r):
         tracer = subprocess.Popen(["perf", "record", "-q", "-e", "kvm:kvm_pio,kvm:kvm_userspace_exit", "-p", str(guest.pid),
                                    "-o", f"{tmp}/perf.data"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
-    elif mode in ("kvmprof", "records"):
-        args = [KVMPROF, "record", "-o", rec, "--pid", str(guest.pid)] + (["--records"] if mode == "records" else [])
+    elif mode in ("kvmprof", "records", "before"):
+        args = [BEFORE if mode == "before" else KVMPROF, "record", "-o", rec, "--pid", str(guest.pid)] + (["--records"] if mode == "records" else [])
         tracer = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: len(prog_ids(tracer.pid)) >= 4, "kvmprof's programs")
         time.sleep(1.0)  # attached, counted window open
@@ -110,7 +115,7 @@ def run(mode, r):
         tracer.wait()
     elif tracer is not None:
         tracer.wait()  # ends with the guest
-        rep = json.loads(subprocess.run([KVMPROF, "report", rec, "--by", "port", "--format", "json", "--top", "100"],
+        rep = json.loads(subprocess.run([BEFORE if mode == "before" else KVMPROF, "report", rec, "--by", "port", "--format", "json", "--top", "100"],
                                         capture_output=True, check=True).stdout)
         counted = sum(row["count"] for row in rep["rows"] if row["port"] == hex(PORT) and row["direction"] == "out")
         if rep["total_exits"] != outs + 2:  # + the pausing `in` and the final `hlt`
@@ -145,7 +150,7 @@ for m in MODES:
 print("\nPer program (median ns per run; runs per exit):\n")
 print("| mode | program | runs per exit | ns per run | ns per exit |")
 print("|---|---|---:|---:|---:|")
-for m in [m for m in ("bpftrace", "kvmprof", "records") if m in MODES]:
+for m in [m for m in ("bpftrace", "kvmprof", "records", "before") if m in MODES]:
     names = sorted({p["name"] for _, ps in results[m] for p in ps})
     for n in names:
         per = [[p for p in ps if p["name"] == n] for _, ps in results[m]]
