@@ -143,8 +143,8 @@ static GUEST_MEMORY: HashMap<u32, GuestMemMap> =
 // Why the `&mut` into map values below is sound (referred to as "one writer"): tracepoint
 // programs run with preemption disabled and the KVM tracepoints fire only in the task context
 // of a vCPU thread, so on one CPU they run one after another, never nested. A per-CPU slot
-// therefore has one writer at a time, and so does a THREADS entry, which only programs running
-// in that thread touch. Map value pointers stay valid for the whole program run (RCU), and
+// therefore has one writer at a time, and so does a thread's state (its THREAD_SLOTS entry or
+// THREADS entry), which only programs running in that thread touch. Map value pointers stay valid for the whole program run (RCU), and
 // the daemon never deletes entries while recording (it reads them after detaching).
 
 #[inline(always)]
@@ -246,7 +246,7 @@ fn charge_exit(s: &mut ThreadState, rec: Option<ExitRecord>) {
 }
 
 /// Aggregates one finished run (two or more exits) in `RUNS`. `key` and `run` point into the
-/// thread's THREADS entry: a new signature is inserted by copying them map to map.
+/// thread's state: a new signature is inserted by copying them map to map.
 #[inline(always)]
 fn add_run(key: &RunKey, run: &RunStats) {
     let slot = match RUNS.get_ptr_mut(key) {
