@@ -24,7 +24,7 @@ mod state;
 pub use hex::parse_hex;
 pub use hist::*;
 pub use loader::*;
-pub use state::{PendingExit, Thread, ThreadState};
+pub use state::{PendingExit, Thread, ThreadSlot, ThreadState};
 
 /// `ExitKey::isa`: which table `reason` is a code of.
 pub mod isa {
@@ -177,7 +177,7 @@ pub struct ExitRecord {
 // the daemon, with recording files: a change must be deliberate, not a side effect.
 const _: () = assert!(core::mem::size_of::<ExitKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 112 + core::mem::size_of::<runs::RunState>());
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 128 + core::mem::size_of::<runs::RunState>());
 const _: () = assert!(core::mem::size_of::<runs::RunState>() == 304);
 const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
 
@@ -195,6 +195,8 @@ mod pod {
     unsafe impl aya::Pod for super::ExitStats {}
     // SAFETY: repr(C) integers and Pod structs; `_pad` fields fill every gap.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: repr(C), two u32 and a ThreadState (Pod, 8-byte aligned): no padding.
+    unsafe impl aya::Pod for super::ThreadSlot {}
     // SAFETY: repr(C), an ExitKey (Pod, size a multiple of 8) and u64s.
     unsafe impl aya::Pod for super::ExitRecord {}
     // SAFETY: repr(C), two u64, no padding.

@@ -21,9 +21,24 @@ pub mod maps {
     /// ~7 800 keys from one instruction) fills `EXITS` and must not lose the exits after it.
     pub const EXITS_OVERFLOW: &str = "EXITS_OVERFLOW";
     pub const EXITS_OVERFLOW_MAX_ENTRIES: u32 = 65536;
-    /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine.
+    /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine of the threads that have
+    /// no slot in `THREAD_SLOTS` (their slot was taken by another thread).
     pub const THREADS: &str = "THREADS";
     pub const THREADS_MAX_ENTRIES: u32 = 16384;
+    /// `Array<ThreadSlot>`: the state of thread `tid` at index `tid % THREAD_SLOTS_MAX_ENTRIES`
+    /// when `ThreadSlot::tid` names it. An array lookup is inlined by the verifier, where a
+    /// hash lookup cost ~100 ns per event here (three events per exit); a thread whose slot is
+    /// taken falls back to `THREADS`.
+    pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
+    pub const THREAD_SLOTS_MAX_ENTRIES: u32 = 1024;
+    /// `HashMap<u32 index, u32 tid>`: who owns each used `THREAD_SLOTS` index. A thread claims a
+    /// free index by inserting here with `BPF_NOEXIST` (atomic: one of two new threads wins),
+    /// once; the daemon frees it (slot zeroed first, then this entry deleted) when the process
+    /// has ended.
+    pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
+    /// `Array<u32>` of one slot: 1 once the daemon has put any guest memory map in
+    /// `GUEST_MEMORY`, so exits of VMMs without one skip that hash lookup.
+    pub const GUEST_MEMORY_USED: &str = "GUEST_MEMORY_USED";
     /// `RingBuf` of [`crate::ExitRecord`], written only when records are requested.
     pub const RECORDS: &str = "RECORDS";
     pub const RECORDS_BYTES: u32 = 16 << 20;
@@ -108,10 +123,24 @@ pub const VCPU_GLOBALS: &[(&str, &str, u32)] = &[
 /// `(global, member path, expected width)`; `fetch.data` is an array: its address is used.
 pub const EMULATOR_GLOBALS: &[(&str, &[&str], u64)] = &[
     ("CTXT_EIP", &["_eip"], 8),
+    // `eip`: the instruction's own RIP from decode until the emulator writes the next one back
+    // after executing it. `kvm_pio` and `kvm_mmio` fire while the instruction executes (a read's
+    // completion re-executes it), so there the RIP is this one read, next to `mode`; the
+    // user-space exit of a HLT or a write comes after the write-back and needs `_eip - len`.
+    ("CTXT_START_EIP", &["eip"], 8),
     ("CTXT_MODE", &["mode"], 4),
     ("CTXT_FETCH_PTR", &["fetch", "ptr"], 8),
     ("CTXT_FETCH_DATA", &["fetch", "data"], 15),
 ];
+
+/// Global: `offsetof(struct kvm_vcpu, run)` from the running kernel's BTF: the vcpu's
+/// `struct kvm_run`, whose `io` member says whether a port exit is a write (see
+/// `ThreadState::on_live_userspace_exit_of_access`).
+pub const VCPU_RUN: &str = "VCPU_RUN";
+/// `offsetof(struct kvm_run, io)` (uapi/linux/kvm.h, a stable ABI): `{ u8 direction; u8 size;
+/// u16 port; u32 count; u64 data_offset }`, direction `KVM_EXIT_IO_OUT` = 1.
+pub const KVM_RUN_IO: u64 = 32;
+pub const KVM_EXIT_IO_OUT: u8 = 1;
 
 /// `x86_emulate_ctxt::mode` value for 64-bit mode (`enum x86emul_mode`), where the CS base is
 /// ignored by the CPU and taken as 0.

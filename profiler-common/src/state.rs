@@ -43,8 +43,22 @@ pub struct ThreadState {
     /// The thread's `struct kvm_vcpu *` (kernel address), as last seen by the raw tracepoint
     /// on `kvm_emulate_insn` / `kvm_exit`: the guest registers are read from it at each exit.
     pub vcpu_ptr: u64,
+    /// `vcpu->arch.emulate_ctxt` and `vcpu->run` of `vcpu_ptr` (0 = not read yet). Both are
+    /// allocated with the vcpu and never change, so the programs read them once per vcpu
+    /// instead of once per exit.
+    pub ctxt_ptr: u64,
+    pub run_ptr: u64,
     /// The run of successive I/O exits this thread is in ([`crate::runs`]).
     pub run: RunState,
+}
+
+/// A `THREAD_SLOTS` entry (see `maps::THREAD_SLOTS`): the state of thread `tid`, 0 = free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSlot {
+    pub tid: u32,
+    pub _pad: u32,
+    pub state: ThreadState,
 }
 
 /// Who ran the event: the VMM process and its vCPU thread.
@@ -229,6 +243,34 @@ impl ThreadState {
         true
     }
 
+    /// Live `kvm:kvm_userspace_exit(reason)` that is the user-space exit of the pending access
+    /// (so it only marks it exited, without the RIP the general path compares): true when the
+    /// pending exit is a port write or an MMIO access not yet in user space, with the same
+    /// reason, and it is that access's own exit.
+    ///
+    /// Why no RIP is needed: KVM traces every MMIO access (`kvm_mmio` write, unsatisfied read)
+    /// before it exits to user space for it, so an MMIO exit right after an MMIO access is that
+    /// access's. A port *read* is traced only on completion, after the exit, so a port exit
+    /// right after a port write handled in the kernel may be a read's: `io_out_port()` (from
+    /// the vcpu's `kvm_run`: `Some(port)` when it is a port write) tells them apart. Called
+    /// lazily, only for a pending port write; `None` (not a write, or unknown) takes the
+    /// general path.
+    pub fn on_live_userspace_exit_of_access(&mut self, reason: u32, io_out_port: impl FnOnce() -> Option<u16>) -> bool {
+        let p = &mut self.pending;
+        if p.active == 0 || p.exited != 0 || p.key.reason != reason {
+            return false;
+        }
+        let same = match p.key.detail_kind {
+            detail::MMIO_READ | detail::MMIO_WRITE => true,
+            detail::PORT_OUT => io_out_port().is_some_and(|port| port as u64 == p.key.detail),
+            _ => false,
+        };
+        if same {
+            p.exited = 1;
+        }
+        same
+    }
+
     /// `kvm:kvm_fpu` load: the thread re-entered KVM_RUN, which ends a user-space exit.
     pub fn on_run_entry(&mut self, now: u64) {
         let p = &mut self.pending;
@@ -275,6 +317,31 @@ mod tests {
         let r = rec(s.on_live_userspace_exit(260, T, IO, 0x1021));
         assert_eq!((r.key.rip, r.key.detail_kind, r.key.detail), (0x1021, detail::PORT_IN, 0x71));
         assert_eq!(r.duration_ns, 30);
+    }
+
+    // The user-space exit of a port write or an MMIO access is recognised without its RIP; a
+    // port exit after a write handled in the kernel is a new exit (a read's) unless kvm_run
+    // names a write to the same port.
+    #[test]
+    fn userspace_exit_of_the_pending_access_needs_no_rip() {
+        let mut s = ThreadState::default();
+        assert_eq!(s.on_live_access(100, T, detail::PORT_OUT, 0x80, 0x100e), None);
+        assert!(!s.on_live_userspace_exit_of_access(HLT, || Some(0x80)), "another reason");
+        assert!(!s.on_live_userspace_exit_of_access(IO, || None), "kvm_run says: not a write");
+        assert!(!s.on_live_userspace_exit_of_access(IO, || Some(0x81)), "a write to another port");
+        assert!(s.on_live_userspace_exit_of_access(IO, || Some(0x80)));
+        assert!(!s.on_live_userspace_exit_of_access(IO, || Some(0x80)), "already in user space");
+        s.on_run_entry(140);
+        let r = rec(s.on_live_access(150, T, detail::PORT_OUT, 0x80, 0x100e));
+        assert_eq!((r.key.rip, r.duration_ns), (0x100e, 40));
+        // MMIO: the access always precedes its exit; kvm_run is not consulted.
+        // (The port write begun at 150 never reached user space: charged with 0 ns here.)
+        assert_eq!(rec(s.on_live_access(200, T, detail::MMIO_WRITE, 0xd000, 0x2000)).duration_ns, 0);
+        assert!(s.on_live_userspace_exit_of_access(crate::kvm_exit::MMIO, || panic!("not read for MMIO")));
+        // A port read handled in the kernel: its exit is never taken for the pending one.
+        let mut k = ThreadState::default();
+        assert_eq!(k.on_live_access(300, T, detail::PORT_IN, 0x40, 0x3000), None);
+        assert!(!k.on_live_userspace_exit_of_access(IO, || Some(0x40)));
     }
 
     // An access KVM handles in the kernel never exits to user space: without per-instruction

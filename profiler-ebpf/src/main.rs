@@ -10,7 +10,7 @@
 //!   guest instruction except `vcpu_of_insn`, and that only until every vCPU thread's
 //!   `struct kvm_vcpu *` is known (then the daemon detaches it).
 //!
-//! Every program except the hw source's `kvm_exit`/`kvm_entry` is a raw tracepoint: no
+//! Every program except the hw source's `kvm_exit` is a raw tracepoint: no
 //! TP_fast_assign, no perf-buffer record, the TP_PROTO arguments in registers. (The per-exit
 //! classic programs cost ~4 x 0.1-0.2 us per exit here.)
 //!
@@ -39,8 +39,8 @@ use profiler_common::{
     guest::{self, GuestMemMap, Paging},
     maps, mmio_type,
     runs::{RunKey, RunStats},
-    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadState, NO_CS_BASE, REGS_AVAIL_RSP,
-    UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
+    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadSlot, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_IO,
+    NO_CS_BASE, REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
 // Read-only globals, set by the loader (`EbpfLoader::override_global`, names from
@@ -83,9 +83,14 @@ static VCPU_CR4: Global<u32> = Global::new(0);
 static VCPU_EFER: Global<u32> = Global::new(0);
 #[no_mangle]
 static VCPU_EMULATE_CTXT: Global<u32> = Global::new(0);
+/// profiler_common::VCPU_RUN: `struct kvm_vcpu::run`.
+#[no_mangle]
+static VCPU_RUN: Global<u32> = Global::new(0);
 // `struct x86_emulate_ctxt` offsets from BTF (profiler_common::EMULATOR_GLOBALS).
 #[no_mangle]
 static CTXT_EIP: Global<u32> = Global::new(0);
+#[no_mangle]
+static CTXT_START_EIP: Global<u32> = Global::new(0);
 #[no_mangle]
 static CTXT_MODE: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -108,6 +113,13 @@ static EXITS_OVERFLOW: PerCpuHashMap<ExitKey, CountTime> =
     PerCpuHashMap::with_max_entries(maps::EXITS_OVERFLOW_MAX_ENTRIES, 0);
 #[map]
 static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(maps::THREADS_MAX_ENTRIES, 0);
+/// Thread states by `tid % THREAD_SLOTS_MAX_ENTRIES` (see maps::THREAD_SLOTS).
+#[map]
+static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
+#[map]
+static SLOT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
+#[map]
+static GUEST_MEMORY_USED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(maps::RECORDS_BYTES, 0);
 /// An all-zero `ExitStats`, the initial value of a new EXITS entry: at ~2 KiB it cannot be
@@ -131,8 +143,8 @@ static GUEST_MEMORY: HashMap<u32, GuestMemMap> =
 // Why the `&mut` into map values below is sound (referred to as "one writer"): tracepoint
 // programs run with preemption disabled and the KVM tracepoints fire only in the task context
 // of a vCPU thread, so on one CPU they run one after another, never nested. A per-CPU slot
-// therefore has one writer at a time, and so does a THREADS entry, which only programs running
-// in that thread touch. Map value pointers stay valid for the whole program run (RCU), and
+// therefore has one writer at a time, and so does a thread's state (its THREAD_SLOTS entry or
+// THREADS entry), which only programs running in that thread touch. Map value pointers stay valid for the whole program run (RCU), and
 // the daemon never deletes entries while recording (it reads them after detaching).
 
 #[inline(always)]
@@ -165,15 +177,54 @@ fn traced_thread() -> Option<Thread> {
     Some(t)
 }
 
-/// The thread's state, created on its first event.
+/// The thread's `THREAD_SLOTS` entry and its index.
+#[inline(always)]
+fn thread_slot(t: &Thread) -> Option<(u32, *mut ThreadSlot)> {
+    let index = t.tid % maps::THREAD_SLOTS_MAX_ENTRIES;
+    THREAD_SLOTS.get_ptr_mut(index).map(|p| (index, p))
+}
+
+/// The thread's state if it has one: its slot (an inlined array lookup), else its `THREADS`
+/// entry (a thread whose slot another thread owns).
+#[inline(always)]
+fn known_thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
+    if let Some((_, slot)) = thread_slot(t) {
+        // SAFETY: a non-null pointer to an array entry, valid for the program run. Only the
+        // thread named by `tid` writes its `state` (one writer); `tid` is written once, by
+        // the claim below, or zeroed by the daemon after the thread's process ended.
+        // ('static is wider than true; callers keep it only for the current program run.)
+        unsafe {
+            if (*slot).tid == t.tid {
+                return Some(&mut (*slot).state);
+            }
+        }
+    }
+    // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
+    THREADS.get_ptr_mut(t.tid).map(|s| unsafe { &mut *s })
+}
+
+/// The thread's state, created on its first event: in its slot if it can claim it, else in
+/// `THREADS`.
 #[inline(always)]
 fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
-    if let Some(s) = THREADS.get_ptr_mut(t.tid) {
-        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        // ('static is wider than true; callers keep it only for the current program run.)
-        return Some(unsafe { &mut *s });
+    if let Some(s) = known_thread_state(t) {
+        return Some(s);
     }
-    // A new thread: zeros copied map to map, then its name and process set in place.
+    if let Some((index, slot)) = thread_slot(t) {
+        // BPF_NOEXIST: of two threads claiming one index at once, exactly one inserts.
+        if SLOT_OWNERS.insert(index, t.tid, BPF_NOEXIST as u64).is_ok() {
+            // SAFETY: the slot this thread now owns; it is all zeros (never used, or zeroed
+            // by the daemon before it deleted the previous owner), so only the name and
+            // process are set before `tid` publishes it.
+            unsafe {
+                (*slot).state.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+                (*slot).state.tgid = t.tgid;
+                (*slot).tid = t.tid;
+                return Some(&mut (*slot).state);
+            }
+        }
+    }
+    // A thread whose slot is taken: zeros copied map to map, then its name and process set in place.
     let zero = ZERO_THREAD.get(0)?;
     if THREADS.insert(t.tid, zero, 0).is_err() {
         bump(counter::THREADS_FULL);
@@ -195,7 +246,7 @@ fn charge_exit(s: &mut ThreadState, rec: Option<ExitRecord>) {
 }
 
 /// Aggregates one finished run (two or more exits) in `RUNS`. `key` and `run` point into the
-/// thread's THREADS entry: a new signature is inserted by copying them map to map.
+/// thread's state: a new signature is inserted by copying them map to map.
 #[inline(always)]
 fn add_run(key: &RunKey, run: &RunStats) {
     let slot = match RUNS.get_ptr_mut(key) {
@@ -298,6 +349,10 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     // First, so the pointer is cached even for a VMM without a memory map: the daemon
     // detaches the per-instruction program once every thread has one (Session::poll).
     let vcpu = thread_vcpu(s, t);
+    // No VMM has a memory map (yet): skip the hash lookup.
+    if GUEST_MEMORY_USED.get(0).copied() != Some(1) {
+        return UNKNOWN_CALLER;
+    }
     // SAFETY: `get` is unsafe because a preallocated hash entry replaced concurrently (the
     // daemon updating this VMM's map) may be reused and read torn. The value is plain integers
     // and only ever yields addresses for bpf_probe_read_user, which cannot fault: a torn map
@@ -373,16 +428,23 @@ fn note_vcpu(vcpu: u64) {
 
 /// The thread's vcpu: from this CPU's slot when this thread wrote it, else the copy cached in
 /// the thread state (the thread moved CPU between the two events). The pointer is constant
-/// for a vCPU thread, so the cache is never stale.
+/// for a vCPU thread, so the cache is never stale. With a new vcpu, its emulator context and
+/// `kvm_run` pointers (as constant) are read once into the state too.
 #[inline(always)]
 fn thread_vcpu(s: &mut ThreadState, t: &Thread) -> u64 {
     if let Some(slot) = VCPU_SLOT.get_ptr(0) {
         // SAFETY: a non-null pointer to this CPU's slot (plain integers); nothing else on
         // this CPU writes it while this program runs.
         let slot = unsafe { *slot };
-        if slot.tid == t.tid && slot.vcpu != 0 {
+        if slot.tid == t.tid && slot.vcpu != 0 && slot.vcpu != s.vcpu_ptr {
             s.vcpu_ptr = slot.vcpu;
+            s.ctxt_ptr = 0;
+            s.run_ptr = 0;
         }
+    }
+    if s.vcpu_ptr != 0 && s.ctxt_ptr == 0 {
+        s.ctxt_ptr = vcpu_field(s.vcpu_ptr, &VCPU_EMULATE_CTXT).unwrap_or(0);
+        s.run_ptr = vcpu_field(s.vcpu_ptr, &VCPU_RUN).unwrap_or(0);
     }
     s.vcpu_ptr
 }
@@ -418,11 +480,8 @@ pub fn vcpu_of_exit(ctx: RawTracePointContext) -> u32 {
 /// mode; otherwise PVM's segment cache (what the kernel's tracepoint prints), or 0 when the
 /// kernel has none. 0 (no RIP) when the vcpu is not known.
 #[inline(always)]
-fn insn_rip(vcpu: u64) -> u64 {
-    if vcpu == 0 {
-        return 0;
-    }
-    let Some(ctxt) = vcpu_field(vcpu, &VCPU_EMULATE_CTXT) else { return 0 };
+fn insn_rip(s: &ThreadState) -> u64 {
+    let ctxt = s.ctxt_ptr;
     if ctxt == 0 {
         return 0;
     }
@@ -439,6 +498,39 @@ fn insn_rip(vcpu: u64) -> u64 {
     }
     // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
     let mode = unsafe { bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0) };
+    linear(s.vcpu_ptr, mode, eip.wrapping_sub(len))
+}
+
+/// The RIP of the instruction the emulator is executing, at `kvm_pio` / `kvm_mmio`: its
+/// `ctxt->eip` (see profiler_common::EMULATOR_GLOBALS), read with `mode` in one probe read
+/// when they are neighbours (they are in 6.x kernels), plus the CS base outside 64-bit mode.
+#[inline(always)]
+fn access_rip(s: &ThreadState) -> u64 {
+    let ctxt = s.ctxt_ptr;
+    if ctxt == 0 {
+        return 0;
+    }
+    let at = ctxt + CTXT_START_EIP.load() as u64;
+    let (eip, mode) = if CTXT_MODE.load() == CTXT_START_EIP.load() + 8 {
+        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+        match unsafe { bpf_probe_read_kernel(at as *const [u64; 2]) } {
+            Ok(v) => (v[0], v[1] as u32),
+            Err(_) => return 0,
+        }
+    } else {
+        // SAFETY: probe reads: a bad address makes the helper fail, it cannot fault.
+        unsafe {
+            let Ok(eip) = bpf_probe_read_kernel(at as *const u64) else { return 0 };
+            (eip, bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0))
+        }
+    };
+    linear(s.vcpu_ptr, mode, eip)
+}
+
+/// Linear address of `rip` in emulator mode `mode`: CS base 0 in 64-bit mode; otherwise PVM's
+/// segment cache (what the kernel's tracepoint prints), or 0 when the kernel has none.
+#[inline(always)]
+fn linear(vcpu: u64, mode: u32, rip: u64) -> u64 {
     let cs = VCPU_CS_BASE.load();
     let csbase = if mode == X86EMUL_MODE_PROT64 || cs == NO_CS_BASE {
         0
@@ -446,7 +538,20 @@ fn insn_rip(vcpu: u64) -> u64 {
         // The kernel's tracepoint stores csbase in a __u32 field: the same truncation here.
         vcpu_field(vcpu, &VCPU_CS_BASE).unwrap_or(0) as u32 as u64
     };
-    csbase.wrapping_add(eip.wrapping_sub(len))
+    csbase.wrapping_add(rip)
+}
+
+/// The port of the vcpu's current exit to user space when it is a port write (`kvm_run.io`),
+/// else None. One probe read of the `kvm_run` page.
+#[inline(always)]
+fn run_io_out_port(run: u64) -> Option<u16> {
+    if run == 0 {
+        return None;
+    }
+    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+    let io = unsafe { bpf_probe_read_kernel((run + KVM_RUN_IO) as *const u32).ok()? };
+    // Little-endian { u8 direction; u8 size; u16 port }.
+    ((io & 0xff) as u8 == KVM_EXIT_IO_OUT).then_some((io >> 16) as u16)
 }
 
 /// Raw `kvm_pio(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
@@ -480,7 +585,8 @@ fn access(t: Thread, kind: u8, addr: u64) {
     if HW_SOURCE.load() != 0 {
         s.on_hw_detail(kind, addr);
     } else {
-        let rip = insn_rip(thread_vcpu(s, &t));
+        thread_vcpu(s, &t);
+        let rip = access_rip(s);
         let done = s.on_live_access(now(), t, kind, addr, rip);
         charge_exit(s, done);
         attribute_caller(s, &t);
@@ -493,7 +599,13 @@ pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     let reason = kvm_exit::userspace_exit_reason(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
     if let Some(s) = thread_state(&t) {
-        let rip = insn_rip(thread_vcpu(s, &t));
+        // Usually this is the exit of the port write just traced by kvm_pio: mark it, no more.
+        let run = s.run_ptr;
+        if s.on_live_userspace_exit_of_access(reason, || run_io_out_port(run)) {
+            return 0;
+        }
+        thread_vcpu(s, &t);
+        let rip = insn_rip(s);
         let done = s.on_live_userspace_exit(now(), t, reason, rip);
         charge_exit(s, done);
         attribute_caller(s, &t);
@@ -508,9 +620,8 @@ pub fn kvm_fpu(ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let Some(t) = traced_thread() else { return 0 };
-    if let Some(s) = THREADS.get_ptr_mut(t.tid) {
-        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        unsafe { (*s).on_run_entry(now()) };
+    if let Some(s) = known_thread_state(&t) {
+        s.on_run_entry(now());
     }
     0
 }
@@ -532,12 +643,16 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn kvm_entry(_ctx: TracePointContext) -> u32 {
+/// Raw `kvm_entry(vcpu, immediate_exit)`: only the time is needed, so no classic event (its
+/// TP_fast_assign reads the RIP and more into a perf-buffer record on every entry).
+///
+/// `kvm_exit` stays a classic tracepoint: its raw arguments are only `(vcpu, isa)`, and on VMX
+/// the guest RIP and exit reason live in the VMCS, which only the event's own TP_fast_assign
+/// (`kvm_rip_read`, `get_exit_info`: VMREADs) can read; a BPF program cannot.
+#[raw_tracepoint(tracepoint = "kvm_entry")]
+pub fn kvm_entry(_ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    if let Some(s) = THREADS.get_ptr_mut(t.tid) {
-        // SAFETY: this thread's entry, non-null, valid for the program run: one writer.
-        let s = unsafe { &mut *s };
+    if let Some(s) = known_thread_state(&t) {
         let done = s.on_hw_entry(now());
         charge_exit(s, done);
     }

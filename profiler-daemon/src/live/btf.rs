@@ -177,6 +177,11 @@ pub fn vcpu_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
         bail!("kvm_vcpu.arch is not a struct kvm_vcpu_arch in the kernel's BTF");
     }
     let mut out = Vec::new();
+    let (run, run_ty) = btf.member("kvm_vcpu", "run")?;
+    if btf.size_of(run_ty)? != 8 {
+        bail!("kvm_vcpu.run is not a pointer in the kernel's BTF");
+    }
+    out.push((profiler_common::VCPU_RUN, run));
     for (global, member, index) in profiler_common::VCPU_GLOBALS {
         let (off, ty) = btf.member("kvm_vcpu_arch", member)?;
         let width = if *index > 0 || btf.resolve(ty)?.array.is_some() {

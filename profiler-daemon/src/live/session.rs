@@ -11,7 +11,7 @@ use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::guest::GuestMemMap;
 use profiler_common::runs::{RunKey, RunStats, DEFAULT_MAX_GAP_NS_EMULATED, DEFAULT_MAX_GAP_NS_HW};
-use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, ThreadState, FIELD_GLOBALS};
+use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, ThreadSlot, ThreadState, FIELD_GLOBALS};
 
 use super::error::LiveError;
 use super::targets::thread_alive;
@@ -39,7 +39,8 @@ pub trait SourcePrograms {
 impl SourcePrograms for Source {
     fn tracepoints(self) -> &'static [&'static str] {
         match self {
-            Source::Hw => &["kvm_exit", "kvm_entry"],
+            // kvm_exit's raw arguments lack the reason and RIP on VMX (see the eBPF kvm_entry).
+            Source::Hw => &["kvm_exit"],
             // Raw tracepoints only: a classic one costs the event's TP_fast_assign and a
             // perf-buffer record on top of the program.
             Source::Emulated => &[],
@@ -48,7 +49,7 @@ impl SourcePrograms for Source {
 
     fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Source::Hw => &[("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
+            Source::Hw => &[("kvm_entry", "kvm_entry"), ("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
             Source::Emulated => &[
                 ("kvm_pio", "kvm_pio"),
                 ("kvm_mmio", "kvm_mmio"),
@@ -114,9 +115,12 @@ pub struct Session {
     exits: PerCpuHashMap<MapData, ExitKey, ExitStats>,
     exits_overflow: PerCpuHashMap<MapData, ExitKey, CountTime>,
     threads: HashMap<MapData, u32, ThreadState>,
+    /// Thread states in slots (maps::THREAD_SLOTS) and who owns each used slot.
+    thread_slots: Array<MapData, ThreadSlot>,
+    slot_owners: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     records: Option<RingBuf<MapData>>,
-    guest_memory: Option<HashMap<MapData, u32, GuestMemMap>>,
+    guest_memory: Option<GuestMemoryMap>,
     /// Runs of successive I/O exits (profiler_common::runs) and the gap that delimits them.
     runs: PerCpuHashMap<MapData, RunKey, RunStats>,
     max_gap_ns: u64,
@@ -149,13 +153,23 @@ pub fn unix_ns() -> u64 {
 
 /// Write access to the in-kernel `GUEST_MEMORY` map, movable to the thread that waits for a
 /// VMM's memory map.
-pub struct GuestMemoryMap(HashMap<MapData, u32, GuestMemMap>);
+pub struct GuestMemoryMap(HashMap<MapData, u32, GuestMemMap>, Array<MapData, u32>);
 
 impl GuestMemoryMap {
     /// From now on, exits of process `tgid` get callers read through `map`.
     pub fn set(&mut self, tgid: u32, map: &GuestMemMap) -> Result<(), LiveError> {
-        self.0.insert(tgid, map, 0).map_err(|source| LiveError::WriteMap { map: maps::GUEST_MEMORY, source })
+        self.0.insert(tgid, map, 0).map_err(|source| LiveError::WriteMap { map: maps::GUEST_MEMORY, source })?;
+        // Only now do the programs look maps up at all (maps::GUEST_MEMORY_USED).
+        self.1.set(0, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::GUEST_MEMORY_USED, source })
     }
+}
+
+/// One thread's in-kernel state and where it lives.
+struct KernelThread {
+    tid: u32,
+    state: ThreadState,
+    /// Its `THREAD_SLOTS` index, or None for a `THREADS` entry.
+    slot: Option<u32>,
 }
 
 impl Session {
@@ -239,7 +253,12 @@ impl Session {
         let threads = HashMap::try_from(take_map(&mut ebpf, maps::THREADS)?).map_err(map_type(maps::THREADS))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, maps::COUNTERS)?).map_err(map_type(maps::COUNTERS))?;
         let records = if cfg.records { Some(RingBuf::try_from(take_map(&mut ebpf, maps::RECORDS)?).map_err(map_type(maps::RECORDS))?) } else { None };
-        let guest_memory = Some(HashMap::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY)?).map_err(map_type(maps::GUEST_MEMORY))?);
+        let guest_memory = Some(GuestMemoryMap(
+            HashMap::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY)?).map_err(map_type(maps::GUEST_MEMORY))?,
+            Array::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY_USED)?).map_err(map_type(maps::GUEST_MEMORY_USED))?,
+        ));
+        let thread_slots = Array::try_from(take_map(&mut ebpf, maps::THREAD_SLOTS)?).map_err(map_type(maps::THREAD_SLOTS))?;
+        let slot_owners = HashMap::try_from(take_map(&mut ebpf, maps::SLOT_OWNERS)?).map_err(map_type(maps::SLOT_OWNERS))?;
         let runs = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::RUNS)?).map_err(map_type(maps::RUNS))?;
         let mut control = Array::try_from(take_map(&mut ebpf, maps::CONTROL)?).map_err(map_type(maps::CONTROL))?;
         // Every program is attached: open the counted window.
@@ -251,6 +270,8 @@ impl Session {
             exits,
             exits_overflow,
             threads,
+            thread_slots,
+            slot_owners,
             counters,
             records,
             guest_memory,
@@ -274,7 +295,25 @@ impl Session {
 
     /// The writer of the in-kernel guest memory maps (once; later calls get `None`).
     pub fn guest_memory(&mut self) -> Option<GuestMemoryMap> {
-        self.guest_memory.take().map(GuestMemoryMap)
+        self.guest_memory.take()
+    }
+
+    /// Every thread state in the kernel: the `THREADS` entries and the owned `THREAD_SLOTS`.
+    fn kernel_threads(&self) -> Result<Vec<KernelThread>, LiveError> {
+        let mut out = Vec::new();
+        for item in self.threads.iter() {
+            let (tid, state) = item.map_err(|source| LiveError::ReadMap { map: maps::THREADS, source })?;
+            out.push(KernelThread { tid, state, slot: None });
+        }
+        for item in self.slot_owners.iter() {
+            let (index, tid) = item.map_err(|source| LiveError::ReadMap { map: maps::SLOT_OWNERS, source })?;
+            let slot = self.thread_slots.get(&index, 0).map_err(|source| LiveError::ReadMap { map: maps::THREAD_SLOTS, source })?;
+            // A slot just claimed is published by its tid: until then it has no state yet.
+            if slot.tid == tid {
+                out.push(KernelThread { tid, state: slot.state, slot: Some(index) });
+            }
+        }
+        Ok(out)
     }
 
     /// Call often (every 20 ms or so) while the session runs: moves streamed records out of
@@ -286,9 +325,9 @@ impl Session {
         self.drain_records();
         let mut seen = false;
         let mut missing = false;
-        for (_, state) in self.threads.iter().flatten() {
+        for t in self.kernel_threads().unwrap_or_default() {
             seen = true;
-            missing |= state.vcpu_ptr == 0;
+            missing |= t.state.vcpu_ptr == 0;
         }
         let want = !seen || missing;
         let Some(ebpf) = self.ebpf.as_mut() else { return };
@@ -355,7 +394,9 @@ impl Session {
     /// Threads that have a state in the kernel (each thread that exited at least once and
     /// was not forgotten). Keys only: one system call per thread.
     pub fn thread_ids(&self) -> Vec<u32> {
-        self.threads.keys().flatten().collect()
+        let mut ids: Vec<u32> = self.threads.keys().flatten().collect();
+        ids.extend(self.slot_owners.iter().flatten().map(|(_, tid)| tid));
+        ids
     }
 
     /// For processes that have ended: reads their exits one last time (exits still open are
@@ -385,14 +426,8 @@ impl Session {
                 overflow_keys.push(key);
             }
         }
-        let mut states = Vec::new();
-        for item in self.threads.iter() {
-            let (tid, state) = item.map_err(|source| LiveError::ReadMap { map: maps::THREADS, source })?;
-            if tgids.contains(&state.tgid) {
-                states.push((tid, state));
-            }
-        }
-        agg.finish_threads(states.iter_mut().map(|(_, s)| s));
+        let mut states: Vec<KernelThread> = self.kernel_threads()?.into_iter().filter(|t| tgids.contains(&t.state.tgid)).collect();
+        agg.finish_threads(states.iter_mut().map(|t| &mut t.state));
         // Deleting can race only with the programs of a new process that got a recycled PID
         // within one interval; a key already gone (NotFound) is not an error.
         let gone = |r: Result<(), aya::maps::MapError>, map: &'static str| match r {
@@ -406,14 +441,21 @@ impl Session {
         for k in &overflow_keys {
             gone(self.exits_overflow.remove(k), maps::EXITS_OVERFLOW)?;
         }
-        for (tid, _) in &states {
-            gone(self.threads.remove(tid), maps::THREADS)?;
+        for t in &states {
+            match t.slot {
+                None => gone(self.threads.remove(&t.tid), maps::THREADS)?,
+                // Zeroed first, then freed: a thread that claims the index finds it all zeros.
+                Some(index) => {
+                    self.thread_slots.set(index, ThreadSlot::default(), 0).map_err(|source| LiveError::WriteMap { map: maps::THREAD_SLOTS, source })?;
+                    gone(self.slot_owners.remove(&index), maps::SLOT_OWNERS)?;
+                }
+            }
         }
         let run_keys: Vec<RunKey> = self.runs.keys().flatten().filter(|k| tgids.contains(&k.tgid)).collect();
         for k in &run_keys {
             gone(self.runs.remove(k), maps::RUNS)?;
         }
-        if let Some(gm) = &mut self.guest_memory {
+        if let Some(GuestMemoryMap(gm, _)) = &mut self.guest_memory {
             for t in tgids {
                 gone(gm.remove(t), maps::GUEST_MEMORY)?;
             }
@@ -444,10 +486,9 @@ impl Session {
             }
         }
         let mut states: Vec<ThreadState> = Vec::new();
-        for item in self.threads.iter() {
-            let (tid, state) = item.map_err(|source| LiveError::ReadMap { map: maps::THREADS, source })?;
-            self.known_threads.entry(tid).or_insert_with(|| ThreadInfo::from_comm(state.tgid, &state.comm));
-            states.push(state);
+        for t in self.kernel_threads()? {
+            self.known_threads.entry(t.tid).or_insert_with(|| ThreadInfo::from_comm(t.state.tgid, &t.state.comm));
+            states.push(t.state);
         }
         for (tid, info) in self.known_threads.iter_mut() {
             info.ended |= !thread_alive(info.tgid, *tid);
