@@ -95,7 +95,7 @@ impl Aggregate {
             lost: self.runs_lost,
             list: self.runs.iter().filter(|(_, v)| v.occurrences > 0).map(|(k, v)| Run::from_stats(k, v)).collect(),
         });
-        (Profile { meta, threads, exits, records, runs }, undecodable)
+        (Profile { meta, threads, exits, records, runs, records_file: None }, undecodable)
     }
 }
 
