@@ -10,13 +10,14 @@
 //! ```
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Read};
+use std::sync::LazyLock;
 
 use anyhow::{bail, Context, Result};
 use memchr::memmem::Finder;
-use profiler_common::{detail, isa, kvm_exit, ExitRecord, Thread, NO_VCPU};
+use profiler_common::{detail, isa, kvm_exit, ExitKey, ExitRecord, ExitStats, Thread, NO_VCPU};
 
 use crate::model::aggregate::{Aggregate, Threads};
-use crate::model::record_stream::RecordSink;
+use crate::model::record_stream::StreamWriter;
 use crate::model::{reasons, Meta, Profile, Source, ThreadInfo};
 
 pub mod line;
@@ -76,7 +77,9 @@ fn is_kvm_exit_line(line: &[u8]) -> bool {
     line::parse(line).is_some_and(|e| e.name == b"kvm_exit")
 }
 
-static KVM_EXIT: std::sync::LazyLock<Finder<'static>> = std::sync::LazyLock::new(|| Finder::new(b"kvm_exit:"));
+static KVM_EXIT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"kvm_exit:"));
+static REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"reason "));
+static RIP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b" rip "));
 
 /// Scans a trace for a `kvm_exit` line, stopping at the first (so an hw trace is decided at
 /// once; an emulated one is read to its end at memory speed).
@@ -145,7 +148,7 @@ pub fn import_with_max_gap(reader: impl BufRead, format: TextFormat, max_gap_ns:
 
 /// Replays a trace line by line, in bounded memory (one line, one state per thread, one
 /// aggregate entry per exit site); every finished exit goes to `records`, in trace order.
-pub fn import_with(mut reader: impl BufRead, format: TextFormat, opts: ImportOptions, records: Option<&mut dyn RecordSink>) -> Result<Imported> {
+pub fn import_with(mut reader: impl BufRead, format: TextFormat, opts: ImportOptions, records: Option<&mut StreamWriter>) -> Result<Imported> {
     // A trace with kvm_exit is from the hw source, where kvm_userspace_exit, kvm_emulate_insn and
     // kvm_fpu also fire but do not delimit exits: decide first, then replay with the same event
     // set the live programs attach.
@@ -168,46 +171,43 @@ struct Replay<'s> {
     threads: Threads,
     infos: BTreeMap<u32, ThreadInfo>,
     agg: Aggregate,
-    records: Option<&'s mut dyn RecordSink>,
+    /// Exit sites numbered in order of appearance (the record stream's site numbers), and
+    /// their exits charged while reading (merged into `agg` at the end): one lookup per exit
+    /// in a hash map with a fast hasher, not two in ordered maps.
+    sites: HashMap<ExitKey, u32, foldhash::fast::RandomState>,
+    stats: Vec<ExitStats>,
+    records: Option<&'s mut StreamWriter>,
     /// Reason names seen, decoded once: `(isa, code)`.
-    reasons: HashMap<Box<[u8]>, Option<(u8, u32)>>,
+    reasons: HashMap<Box<[u8]>, Option<(u8, u32)>, foldhash::fast::RandomState>,
 }
 
 impl<'s> Replay<'s> {
-    fn new(hw: bool, strict: bool, max_gap_ns: Option<u64>, records: Option<&'s mut dyn RecordSink>) -> Replay<'s> {
+    fn new(hw: bool, strict: bool, max_gap_ns: Option<u64>, records: Option<&'s mut StreamWriter>) -> Replay<'s> {
         let mut agg = Aggregate::new(false);
         let source = if hw { Source::Hw } else { Source::Emulated };
         agg.max_gap_ns = Some(max_gap_ns.unwrap_or(crate::live::session::default_max_gap_ns(source)));
-        Replay { hw, strict, threads: Threads::default(), infos: BTreeMap::new(), agg, records, reasons: HashMap::new() }
+        Replay { hw, strict, threads: Threads::default(), infos: BTreeMap::new(), agg, sites: HashMap::default(), stats: Vec::new(), records, reasons: HashMap::default() }
     }
 
-    fn run(mut self, mut reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+    fn run(mut self, reader: impl BufRead, format: TextFormat) -> Result<Imported> {
         let (mut lines, mut events, mut skipped) = (0u64, 0u64, 0u64);
         let mut skipped_lines = Vec::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
-        let mut buf = Vec::with_capacity(4096);
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf).context("reading the trace text")? == 0 {
-                break;
-            }
+        each_line(reader, |raw| {
             lines += 1;
-            let text = line::trim(&buf);
-            match self.line(text)? {
+            let text = line::trim(raw);
+            match self.line(text) {
                 Line::Event(ts) => {
                     events += 1;
                     first_ts.get_or_insert(ts);
                     last_ts = ts;
                 }
-                Line::Ignored(Some(ts)) => {
+                Line::Ignored(ts) => {
                     first_ts.get_or_insert(ts);
                     last_ts = ts;
                 }
-                Line::Ignored(None) => {}
+                Line::Malformed if text.is_empty() || text.starts_with(b"#") => {}
                 Line::Malformed => {
-                    if text.is_empty() || text.starts_with(b"#") {
-                        continue;
-                    }
                     skipped += 1;
                     if skipped_lines.len() < SKIPPED_LINES_KEPT {
                         skipped_lines.push(lines);
@@ -218,15 +218,27 @@ impl<'s> Replay<'s> {
                     LOOKAHEAD_BYTES >> 20
                 ),
             }
-        }
+            Ok(())
+        })?;
         if events == 0 {
             bail!("no KVM tracepoint events found in {lines} lines: expected {} text with kvm_exit/kvm_entry (or kvm_emulate_insn/kvm_pio) lines", format.name());
         }
+        for (key, site) in &self.sites {
+            self.agg.merge(*key, &self.stats[*site as usize]);
+        }
         // Exits still open at the end, charged as `record` charges them, follow the others.
-        self.agg.records = Some(Vec::new());
-        self.agg.finish_threads(self.threads.states.values_mut());
-        if let (Some(sink), Some(rest)) = (&mut self.records, self.agg.records.take()) {
-            rest.iter().for_each(|r| sink.push(r));
+        let mut open = Aggregate::new(true);
+        open.max_gap_ns = self.agg.max_gap_ns;
+        open.finish_threads(self.threads.states.values_mut());
+        for rec in open.records.take().unwrap_or_default() {
+            self.stream(&rec);
+        }
+        for (key, stats) in &open.exits {
+            self.agg.merge(*key, stats);
+        }
+        self.agg.unfinished = open.unfinished;
+        for (key, run) in &open.runs {
+            self.agg.merge_run(*key, run);
         }
         let meta = Meta {
             source: if self.hw { Source::Hw } else { Source::Emulated },
@@ -242,6 +254,24 @@ impl<'s> Replay<'s> {
         Ok(Imported { profile, lines, events, skipped, skipped_lines })
     }
 
+    /// The exit's site number, numbering a new site.
+    fn site(&mut self, key: &ExitKey) -> u32 {
+        let next = self.stats.len() as u32;
+        let site = *self.sites.entry(*key).or_insert(next);
+        if site == next {
+            self.stats.push(ExitStats::default());
+        }
+        site
+    }
+
+    /// A finished exit to the record stream.
+    fn stream(&mut self, rec: &ExitRecord) {
+        let site = self.site(&rec.key);
+        if let Some(w) = &mut self.records {
+            w.push_site(site, rec);
+        }
+    }
+
     fn reason(&mut self, name: &[u8]) -> Option<(u8, u32)> {
         if let Some(r) = self.reasons.get(name) {
             return *r;
@@ -251,8 +281,8 @@ impl<'s> Replay<'s> {
         decoded
     }
 
-    fn line(&mut self, text: &[u8]) -> Result<Line> {
-        let Some(ev) = line::parse(text) else { return Ok(Line::Malformed) };
+    fn line(&mut self, text: &[u8]) -> Line {
+        let Some(ev) = line::parse(text) else { return Line::Malformed };
         let t = Thread { tgid: ev.tgid.unwrap_or(ev.tid), tid: ev.tid };
         if !self.infos.contains_key(&t.tid) {
             self.infos.insert(t.tid, ThreadInfo::from_comm(t.tgid, ev.comm));
@@ -261,23 +291,23 @@ impl<'s> Replay<'s> {
         let hw = self.hw;
         let a = ev.args;
         if hw && matches!(ev.name, b"kvm_emulate_insn" | b"kvm_userspace_exit" | b"kvm_fpu") {
-            return Ok(Line::Ignored(Some(now)));
+            return Line::Ignored(now);
         }
         let done = match ev.name {
-            b"kvm_exit" if self.strict => return Ok(Line::LateHw),
+            b"kvm_exit" if self.strict => return Line::LateHw,
             b"kvm_exit" => {
-                let Some((vcpu, isa, reason, rip)) = parse_exit(a, |n| self.reason(n)) else { return Ok(Line::Malformed) };
+                let Some((vcpu, isa, reason, rip)) = parse_exit(a, |n| self.reason(n)) else { return Line::Malformed };
                 self.threads.get(t).on_hw_exit(now, t, vcpu, isa, reason, rip)
             }
             b"kvm_entry" if hw => self.threads.get(t).on_hw_entry(now),
             b"kvm_pio" => {
                 let kind = if a.starts_with(b"pio_write") { detail::PORT_OUT } else { detail::PORT_IN };
-                let Some(port) = line::arg(a, b"at").and_then(line::hex) else { return Ok(Line::Malformed) };
+                let Some(port) = line::arg(a, b"at").and_then(line::hex) else { return Line::Malformed };
                 access(self.threads.get(t), hw, now, t, kind, port)
             }
             b"kvm_mmio" => {
                 let kind = if a.starts_with(b"mmio write") { detail::MMIO_WRITE } else { detail::MMIO_READ };
-                let Some(gpa) = line::arg(a, b"gpa").and_then(line::hex) else { return Ok(Line::Malformed) };
+                let Some(gpa) = line::arg(a, b"gpa").and_then(line::hex) else { return Line::Malformed };
                 access(self.threads.get(t), hw, now, t, kind, gpa)
             }
             b"kvm_emulate_insn" => {
@@ -286,7 +316,7 @@ impl<'s> Replay<'s> {
                 match (parts.next().and_then(line::hex), parts.next().and_then(line::hex)) {
                     (Some(cs), Some(rip)) if !a.ends_with(b"failed") => self.threads.get(t).on_emulated_insn(now, cs.wrapping_add(rip)),
                     (Some(_), Some(_)) => None,
-                    _ => return Ok(Line::Malformed),
+                    _ => return Line::Malformed,
                 }
             }
             b"kvm_userspace_exit" => {
@@ -298,7 +328,7 @@ impl<'s> Replay<'s> {
                 match code {
                     Some(c) if failed => s.on_userspace_exit(now, t, kvm_exit::userspace_exit_reason(0, -(c as i32))),
                     Some(c) => s.on_userspace_exit(now, t, c),
-                    None => return Ok(Line::Malformed),
+                    None => return Line::Malformed,
                 }
             }
             b"kvm_fpu" => {
@@ -307,23 +337,67 @@ impl<'s> Replay<'s> {
                 }
                 None
             }
-            _ => return Ok(Line::Ignored(Some(now))),
+            _ => return Line::Ignored(now),
         };
-        let s = self.threads.get(t);
-        self.agg.charge_thread(s, done);
-        if let (Some(sink), Some(rec)) = (&mut self.records, done.as_ref()) {
-            sink.push(rec);
+        if let Some(rec) = done {
+            let site = self.site(&rec.key);
+            self.stats[site as usize].add(rec.duration_ns);
+            if let Some(w) = &mut self.records {
+                w.push_site(site, &rec);
+            }
+            self.agg.detect_runs(self.threads.get(t), &rec);
         }
-        Ok(Line::Event(now))
+        Line::Event(now)
     }
+}
+
+/// Calls `f` with every line of `reader` (without its newline), in place in the reader's
+/// buffer: only a line that straddles two reads is copied.
+fn each_line(mut reader: impl BufRead, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let buf = reader.fill_buf().context("reading the trace text")?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        let mut start = 0;
+        if !carry.is_empty() {
+            match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    carry.extend_from_slice(&buf[..i]);
+                    f(&carry)?;
+                    carry.clear();
+                    start = i + 1;
+                }
+                None => {
+                    carry.extend_from_slice(buf);
+                    reader.consume(n);
+                    continue;
+                }
+            }
+        }
+        let base = start;
+        for nl in memchr::memchr_iter(b'\n', &buf[base..]) {
+            let end = base + nl;
+            f(&buf[start..end])?;
+            start = end + 1;
+        }
+        carry.extend_from_slice(&buf[start..]);
+        reader.consume(n);
+    }
+    if !carry.is_empty() {
+        f(&carry)?;
+    }
+    Ok(())
 }
 
 /// What one line was.
 enum Line {
     /// An event replayed, at this time.
     Event(u64),
-    /// A KVM event this source does not replay (or not a KVM event at all).
-    Ignored(Option<u64>),
+    /// A KVM event this source does not replay, at this time.
+    Ignored(u64),
     /// Not understood (counted and named by line number, unless blank or a comment).
     Malformed,
     /// A `kvm_exit` after the lookahead chose the emulated source.
@@ -349,8 +423,8 @@ fn decode_reason(name: &[u8]) -> Option<(u8, u32)> {
 /// `kvm_exit` arguments: "vcpu 0 reason IO_INSTRUCTION rip 0x... info1 ...".
 fn parse_exit(args: &[u8], mut reason: impl FnMut(&[u8]) -> Option<(u8, u32)>) -> Option<(u32, u8, u32, u64)> {
     let vcpu = line::arg(args, b"vcpu").and_then(line::dec_u32).unwrap_or(NO_VCPU);
-    let r_at = memchr::memmem::find(args, b"reason ")? + b"reason ".len();
-    let rip_at = memchr::memmem::find(&args[r_at..], b" rip ")? + r_at;
+    let r_at = REASON.find(args)? + b"reason ".len();
+    let rip_at = RIP.find(&args[r_at..])? + r_at;
     let name = line::trim(&args[r_at..rip_at]);
     let rip = line::hex(line::arg(&args[rip_at..], b"rip")?)?;
     let (isa, code) = reason(name)?;

@@ -95,7 +95,9 @@ pub struct StreamWriter {
     path: PathBuf,
     out: BufWriter<File>,
     offset: u64,
-    sites: HashMap<ExitKey, u32>,
+    sites: HashMap<ExitKey, u32, foldhash::fast::RandomState>,
+    /// Sites defined so far (written, or waiting in `new_sites`).
+    defined: u32,
     new_sites: Vec<u8>,
     block: Vec<u8>,
     records: u64,
@@ -117,7 +119,8 @@ impl StreamWriter {
             path: path.to_path_buf(),
             out,
             offset: HEADER_LEN,
-            sites: HashMap::new(),
+            sites: HashMap::default(),
+            defined: 0,
             new_sites: Vec::new(),
             block: Vec::with_capacity(BLOCK_RECORDS * RECORD_LEN),
             records: 0,
@@ -127,11 +130,20 @@ impl StreamWriter {
     }
 
     pub fn push(&mut self, rec: &ExitRecord) {
-        let next = self.sites.len() as u32;
-        let site = *self.sites.entry(rec.key).or_insert_with(|| {
+        let next = self.defined;
+        let site = *self.sites.entry(rec.key).or_insert(next);
+        self.push_site(site, rec);
+    }
+
+    /// [`StreamWriter::push`] for a caller that numbers the exit sites itself, densely from 0
+    /// in the order they first appear (the importer: one hash lookup per exit, not two). A
+    /// writer takes either `push` or `push_site`, not both.
+    pub fn push_site(&mut self, site: u32, rec: &ExitRecord) {
+        if site == self.defined {
             encode_key(&mut self.new_sites, &rec.key);
-            next
-        });
+            self.defined += 1;
+        }
+        debug_assert!(site < self.defined, "exit sites are numbered densely in order of appearance");
         self.block.extend_from_slice(&rec.start_ns.to_le_bytes());
         self.block.extend_from_slice(&rec.duration_ns.to_le_bytes());
         self.block.extend_from_slice(&site.to_le_bytes());
@@ -180,7 +192,7 @@ impl StreamWriter {
         let end_at = self.offset;
         let mut end = Vec::new();
         end.extend_from_slice(&self.records.to_le_bytes());
-        end.extend_from_slice(&(self.sites.len() as u32).to_le_bytes());
+        end.extend_from_slice(&self.defined.to_le_bytes());
         end.extend_from_slice(&(dropped_per_cpu.len() as u32).to_le_bytes());
         for d in dropped_per_cpu {
             end.extend_from_slice(&d.to_le_bytes());
@@ -195,7 +207,7 @@ impl StreamWriter {
         self.out.write_all(&footer).map_err(io)?;
         let file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
-        Ok(StreamInfo { path: self.path, records: self.records, sites: self.sites.len() as u32, dropped_per_cpu: dropped_per_cpu.to_vec() })
+        Ok(StreamInfo { path: self.path, records: self.records, sites: self.defined, dropped_per_cpu: dropped_per_cpu.to_vec() })
     }
 }
 
