@@ -163,13 +163,45 @@ pub fn import_with(mut reader: impl BufRead, format: TextFormat, opts: ImportOpt
     }
 }
 
-/// The importer's state while it reads.
-struct Replay<'s> {
+/// One understood event, owned: what the parser hands the state machine.
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Exit { vcpu: u32, isa: u8, reason: u32, rip: u64 },
+    Entry,
+    Access { kind: u8, addr: u64 },
+    Insn { addr: u64 },
+    UserspaceExit { reason: u32 },
+    RunEntry,
+    /// Understood, changes no state (a failed instruction, an FPU unload).
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    t: Thread,
+    ts: u64,
+    ev: Ev,
+}
+
+/// Events handed from the parser to the state machine at a time.
+const BATCH: usize = 4096;
+
+/// The reading side (this thread): lines to events, counts, thread names.
+struct Parser {
     hw: bool,
     /// Decided "emulated" without seeing the whole input: a `kvm_exit` later is an error.
     strict: bool,
-    threads: Threads,
     infos: BTreeMap<u32, ThreadInfo>,
+    /// Reason names seen, decoded once: `(isa, code)`.
+    reasons: HashMap<Box<[u8]>, Option<(u8, u32)>, foldhash::fast::RandomState>,
+}
+
+/// The replaying side (a second thread): the per-thread state machines, the aggregate and
+/// the record stream. Reading and parsing take about as long as replaying, so the two run
+/// side by side.
+struct Machine<'s> {
+    hw: bool,
+    threads: Threads,
     agg: Aggregate,
     /// Exit sites numbered in order of appearance (the record stream's site numbers), and
     /// their exits charged while reading (merged into `agg` at the end): one lookup per exit
@@ -177,8 +209,11 @@ struct Replay<'s> {
     sites: HashMap<ExitKey, u32, foldhash::fast::RandomState>,
     stats: Vec<ExitStats>,
     records: Option<&'s mut StreamWriter>,
-    /// Reason names seen, decoded once: `(isa, code)`.
-    reasons: HashMap<Box<[u8]>, Option<(u8, u32)>, foldhash::fast::RandomState>,
+}
+
+struct Replay<'s> {
+    parser: Parser,
+    machine: Machine<'s>,
 }
 
 impl<'s> Replay<'s> {
@@ -186,74 +221,91 @@ impl<'s> Replay<'s> {
         let mut agg = Aggregate::new(false);
         let source = if hw { Source::Hw } else { Source::Emulated };
         agg.max_gap_ns = Some(max_gap_ns.unwrap_or(crate::live::session::default_max_gap_ns(source)));
-        Replay { hw, strict, threads: Threads::default(), infos: BTreeMap::new(), agg, sites: HashMap::default(), stats: Vec::new(), records, reasons: HashMap::default() }
+        Replay {
+            parser: Parser { hw, strict, infos: BTreeMap::new(), reasons: HashMap::default() },
+            machine: Machine { hw, threads: Threads::default(), agg, sites: HashMap::default(), stats: Vec::new(), records },
+        }
     }
 
-    fn run(mut self, reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+    fn run(self, reader: impl BufRead, format: TextFormat) -> Result<Imported> {
+        let Replay { mut parser, machine } = self;
         let (mut lines, mut events, mut skipped) = (0u64, 0u64, 0u64);
         let mut skipped_lines = Vec::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
-        each_line(reader, |raw| {
-            lines += 1;
-            let text = line::trim(raw);
-            match self.line(text) {
-                Line::Event(ts) => {
-                    events += 1;
-                    first_ts.get_or_insert(ts);
-                    last_ts = ts;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Parsed>>(8);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Parsed>>();
+        let (read, machine) = std::thread::scope(|scope| {
+            let worker = scope.spawn(move || {
+                let mut m = machine;
+                for batch in full_rx {
+                    batch.iter().for_each(|p| m.apply(p));
+                    let mut batch = batch;
+                    batch.clear();
+                    let _ = empty_tx.send(batch);
                 }
-                Line::Ignored(ts) => {
-                    first_ts.get_or_insert(ts);
-                    last_ts = ts;
-                }
-                Line::Malformed if text.is_empty() || text.starts_with(b"#") => {}
-                Line::Malformed => {
-                    skipped += 1;
-                    if skipped_lines.len() < SKIPPED_LINES_KEPT {
-                        skipped_lines.push(lines);
+                m
+            });
+            let mut batch = Vec::with_capacity(BATCH);
+            let read = each_line(reader, |raw| {
+                lines += 1;
+                let text = line::trim(raw);
+                match parser.line(text) {
+                    Line::Event(p) => {
+                        events += 1;
+                        first_ts.get_or_insert(p.ts);
+                        last_ts = p.ts;
+                        batch.push(p);
+                        if batch.len() == BATCH {
+                            let next = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                            // The worker only stops early by panicking, which join reports.
+                            let _ = full_tx.send(std::mem::replace(&mut batch, next));
+                        }
                     }
+                    Line::Ignored(ts) => {
+                        first_ts.get_or_insert(ts);
+                        last_ts = ts;
+                    }
+                    Line::Malformed if text.is_empty() || text.starts_with(b"#") => {}
+                    Line::Malformed => {
+                        skipped += 1;
+                        if skipped_lines.len() < SKIPPED_LINES_KEPT {
+                            skipped_lines.push(lines);
+                        }
+                    }
+                    Line::LateHw => bail!(
+                        "kvm_exit first appears at line {lines}, past the first {} MiB of standard input that chose the emulated source: import the file by its path instead of -",
+                        LOOKAHEAD_BYTES >> 20
+                    ),
                 }
-                Line::LateHw => bail!(
-                    "kvm_exit first appears at line {lines}, past the first {} MiB of standard input that chose the emulated source: import the file by its path instead of -",
-                    LOOKAHEAD_BYTES >> 20
-                ),
-            }
-            Ok(())
-        })?;
+                Ok(())
+            });
+            let _ = full_tx.send(batch);
+            drop(full_tx);
+            (read, worker.join().map_err(|_| anyhow::anyhow!("the import's replay thread failed")))
+        });
+        read?;
+        let machine = machine?;
         if events == 0 {
             bail!("no KVM tracepoint events found in {lines} lines: expected {} text with kvm_exit/kvm_entry (or kvm_emulate_insn/kvm_pio) lines", format.name());
         }
-        for (key, site) in &self.sites {
-            self.agg.merge(*key, &self.stats[*site as usize]);
-        }
-        // Exits still open at the end, charged as `record` charges them, follow the others.
-        let mut open = Aggregate::new(true);
-        open.max_gap_ns = self.agg.max_gap_ns;
-        open.finish_threads(self.threads.states.values_mut());
-        for rec in open.records.take().unwrap_or_default() {
-            self.stream(&rec);
-        }
-        for (key, stats) in &open.exits {
-            self.agg.merge(*key, stats);
-        }
-        self.agg.unfinished = open.unfinished;
-        for (key, run) in &open.runs {
-            self.agg.merge_run(*key, run);
-        }
+        let mut machine = machine;
+        let agg = machine.finish();
         let meta = Meta {
-            source: if self.hw { Source::Hw } else { Source::Emulated },
+            source: if parser.hw { Source::Hw } else { Source::Emulated },
             origin: format!("import:{}", format.name()),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             start_unix_ns: first_ts.unwrap_or(0),
             end_unix_ns: last_ts,
-            records_requested: self.records.is_some(),
+            records_requested: machine.records.is_some(),
             ..Meta::default()
         };
         // Every key comes from the importer's own state machine, so each decodes.
-        let (profile, _) = self.agg.into_profile(meta, self.infos);
+        let (profile, _) = agg.into_profile(meta, parser.infos);
         Ok(Imported { profile, lines, events, skipped, skipped_lines })
     }
+}
 
+impl Machine<'_> {
     /// The exit's site number, numbering a new site.
     fn site(&mut self, key: &ExitKey) -> u32 {
         let next = self.stats.len() as u32;
@@ -264,14 +316,61 @@ impl<'s> Replay<'s> {
         site
     }
 
-    /// A finished exit to the record stream.
-    fn stream(&mut self, rec: &ExitRecord) {
-        let site = self.site(&rec.key);
-        if let Some(w) = &mut self.records {
-            w.push_site(site, rec);
+    /// Replays one event through its thread's state machine, exactly as the eBPF programs
+    /// would; a finished exit is charged and streamed.
+    fn apply(&mut self, p: &Parsed) {
+        let (t, now) = (p.t, p.ts);
+        let s = self.threads.get(t);
+        let done = match p.ev {
+            Ev::Exit { vcpu, isa, reason, rip } => s.on_hw_exit(now, t, vcpu, isa, reason, rip),
+            Ev::Entry => s.on_hw_entry(now),
+            Ev::Access { kind, addr } => access(s, self.hw, now, t, kind, addr),
+            Ev::Insn { addr } => s.on_emulated_insn(now, addr),
+            Ev::UserspaceExit { reason } => s.on_userspace_exit(now, t, reason),
+            Ev::RunEntry => {
+                s.on_run_entry(now);
+                None
+            }
+            Ev::Nothing => None,
+        };
+        if let Some(rec) = done {
+            let site = self.site(&rec.key);
+            self.stats[site as usize].add(rec.duration_ns);
+            if let Some(w) = &mut self.records {
+                w.push_site(site, &rec);
+            }
+            self.agg.detect_runs(self.threads.get(t), &rec);
         }
     }
 
+    /// The aggregate of every exit, with the exits still open at the end charged as `record`
+    /// charges them (and streamed after the others).
+    fn finish(&mut self) -> Aggregate {
+        let mut agg = std::mem::take(&mut self.agg);
+        for (key, site) in &self.sites {
+            agg.merge(*key, &self.stats[*site as usize]);
+        }
+        let mut open = Aggregate::new(true);
+        open.max_gap_ns = agg.max_gap_ns;
+        open.finish_threads(self.threads.states.values_mut());
+        for rec in open.records.take().unwrap_or_default() {
+            let site = self.site(&rec.key);
+            if let Some(w) = &mut self.records {
+                w.push_site(site, &rec);
+            }
+        }
+        for (key, stats) in &open.exits {
+            agg.merge(*key, stats);
+        }
+        for (key, run) in &open.runs {
+            agg.merge_run(*key, run);
+        }
+        agg.unfinished = open.unfinished;
+        agg
+    }
+}
+
+impl Parser {
     fn reason(&mut self, name: &[u8]) -> Option<(u8, u32)> {
         if let Some(r) = self.reasons.get(name) {
             return *r;
@@ -293,29 +392,29 @@ impl<'s> Replay<'s> {
         if hw && matches!(ev.name, b"kvm_emulate_insn" | b"kvm_userspace_exit" | b"kvm_fpu") {
             return Line::Ignored(now);
         }
-        let done = match ev.name {
+        let parsed = match ev.name {
             b"kvm_exit" if self.strict => return Line::LateHw,
             b"kvm_exit" => {
                 let Some((vcpu, isa, reason, rip)) = parse_exit(a, |n| self.reason(n)) else { return Line::Malformed };
-                self.threads.get(t).on_hw_exit(now, t, vcpu, isa, reason, rip)
+                Ev::Exit { vcpu, isa, reason, rip }
             }
-            b"kvm_entry" if hw => self.threads.get(t).on_hw_entry(now),
+            b"kvm_entry" if hw => Ev::Entry,
             b"kvm_pio" => {
                 let kind = if a.starts_with(b"pio_write") { detail::PORT_OUT } else { detail::PORT_IN };
                 let Some(port) = line::arg(a, b"at").and_then(line::hex) else { return Line::Malformed };
-                access(self.threads.get(t), hw, now, t, kind, port)
+                Ev::Access { kind, addr: port }
             }
             b"kvm_mmio" => {
                 let kind = if a.starts_with(b"mmio write") { detail::MMIO_WRITE } else { detail::MMIO_READ };
                 let Some(gpa) = line::arg(a, b"gpa").and_then(line::hex) else { return Line::Malformed };
-                access(self.threads.get(t), hw, now, t, kind, gpa)
+                Ev::Access { kind, addr: gpa }
             }
             b"kvm_emulate_insn" => {
                 // "0:1000f:ee (prot64)": csbase:rip:bytes; a trailing "failed" repeats an instruction.
                 let mut parts = a.split(|c| *c == b':');
                 match (parts.next().and_then(line::hex), parts.next().and_then(line::hex)) {
-                    (Some(cs), Some(rip)) if !a.ends_with(b"failed") => self.threads.get(t).on_emulated_insn(now, cs.wrapping_add(rip)),
-                    (Some(_), Some(_)) => None,
+                    (Some(cs), Some(rip)) if !a.ends_with(b"failed") => Ev::Insn { addr: cs.wrapping_add(rip) },
+                    (Some(_), Some(_)) => Ev::Nothing,
                     _ => return Line::Malformed,
                 }
             }
@@ -324,30 +423,17 @@ impl<'s> Replay<'s> {
                 // -EINTR and "reason error (N)" for -N, with no reason of its own.
                 let code = memchr::memrchr(b'(', a).and_then(|i| line::dec_u32(a[i + 1..].strip_suffix(b")").unwrap_or(&a[i + 1..])));
                 let failed = a.starts_with(b"reason restart") || a.starts_with(b"reason error");
-                let s = self.threads.get(t);
                 match code {
-                    Some(c) if failed => s.on_userspace_exit(now, t, kvm_exit::userspace_exit_reason(0, -(c as i32))),
-                    Some(c) => s.on_userspace_exit(now, t, c),
+                    Some(c) if failed => Ev::UserspaceExit { reason: kvm_exit::userspace_exit_reason(0, -(c as i32)) },
+                    Some(c) => Ev::UserspaceExit { reason: c },
                     None => return Line::Malformed,
                 }
             }
-            b"kvm_fpu" => {
-                if a.starts_with(b"load") {
-                    self.threads.get(t).on_run_entry(now);
-                }
-                None
-            }
+            b"kvm_fpu" if a.starts_with(b"load") => Ev::RunEntry,
+            b"kvm_fpu" => Ev::Nothing,
             _ => return Line::Ignored(now),
         };
-        if let Some(rec) = done {
-            let site = self.site(&rec.key);
-            self.stats[site as usize].add(rec.duration_ns);
-            if let Some(w) = &mut self.records {
-                w.push_site(site, &rec);
-            }
-            self.agg.detect_runs(self.threads.get(t), &rec);
-        }
-        Line::Event(now)
+        Line::Event(Parsed { t, ts: now, ev: parsed })
     }
 }
 
@@ -394,8 +480,8 @@ fn each_line(mut reader: impl BufRead, mut f: impl FnMut(&[u8]) -> Result<()>) -
 
 /// What one line was.
 enum Line {
-    /// An event replayed, at this time.
-    Event(u64),
+    /// An event to replay.
+    Event(Parsed),
     /// A KVM event this source does not replay, at this time.
     Ignored(u64),
     /// Not understood (counted and named by line number, unless blank or a comment).
