@@ -39,8 +39,11 @@ fn expected(p: &Profile) -> BTreeMap<u64, Vec<Slice>> {
     m
 }
 
+/// One decoded event: track, type, timestamp, name, reason.
+type Event = (u64, i32, u64, Option<String>, Option<String>);
+
 /// Pairs SLICE_BEGIN / SLICE_END per track (slices on one track never overlap here).
-fn pair(events: Vec<(u64, i32, u64, Option<String>, Option<String>)>) -> BTreeMap<u64, Vec<Slice>> {
+fn pair(events: Vec<Event>) -> BTreeMap<u64, Vec<Slice>> {
     let mut m: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
     for (track, ty, ts, name, reason) in events {
         let slices = m.entry(track).or_default();

@@ -383,9 +383,7 @@ impl Parser {
     fn line(&mut self, text: &[u8]) -> Line {
         let Some(ev) = line::parse(text) else { return Line::Malformed };
         let t = Thread { tgid: ev.tgid.unwrap_or(ev.tid), tid: ev.tid };
-        if !self.infos.contains_key(&t.tid) {
-            self.infos.insert(t.tid, ThreadInfo::from_comm(t.tgid, ev.comm));
-        }
+        self.infos.entry(t.tid).or_insert_with(|| ThreadInfo::from_comm(t.tgid, ev.comm));
         let now = ev.ts_ns;
         let hw = self.hw;
         let a = ev.args;

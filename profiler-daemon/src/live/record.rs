@@ -113,10 +113,16 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     }
 
     rec.meta.command_status = command_status;
-    if let Some(stream) = stream {
-        rec.records_file = Some(finish_record_stream(stream, &opts.output)?);
+    // A record stream that could not be completed (disk full) must not cost the aggregate:
+    // the recording is saved without it, then the error is reported.
+    let stream_status = stream.map(|s| finish_record_stream(s, &opts.output));
+    if let Some(Ok(info)) = &stream_status {
+        rec.records_file = Some(info.clone());
     }
     recording::save(&rec, &opts.output)?;
+    if let Some(Err(e)) = stream_status {
+        return Err(e.context(format!("{} is saved without its records", opts.output.display())));
+    }
     if !opts.quiet {
         summarize(&rec, &opts.output);
     }
