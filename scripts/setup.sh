@@ -20,8 +20,9 @@ mkdir -p "$CACHE"
 # addr2line; prometheus: the `kvmprof serve` tests start a real Prometheus server on loopback
 # and check what it scraped (and that every Grafana dashboard expression returns data);
 # bpftrace, linux-perf: the peer benchmark (scripts/bench-peers.sh) measures kvmprof against them;
-# iputils-ping: the network tests ping through real TAP devices.
-want_pkgs=(qemu-system-x86 bpftool binutils gcc g++ prometheus bpftrace linux-perf iputils-ping)
+# iputils-ping: the network tests ping through real TAP devices; protobuf-compiler: the Perfetto
+# test decodes `report --format perfetto` with `protoc --decode_raw`.
+want_pkgs=(qemu-system-x86 bpftool binutils gcc g++ prometheus bpftrace linux-perf iputils-ping protobuf-compiler)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -201,7 +201,7 @@ fn interleaved_functions_separated_by_guest_work_do_not_merge() {
 fn as_vmx_ftrace(p: &Profile) -> String {
     let mut t = String::from("# tracer: nop\n");
     let tgid = p.meta.pid.unwrap_or(1);
-    for r in p.records.as_ref().expect("records") {
+    for r in profiler_daemon::model::recording::records(p).expect("records") {
         let e = &p.exits[r.exit];
         let ts = |ns: u64| format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000);
         let head = format!("vcpu0-{} ({tgid}) [001] d..2. ", e.tid);

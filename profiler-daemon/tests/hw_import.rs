@@ -171,3 +171,45 @@ fn text_without_kvm_events_is_refused() {
     let o = run(KVMPROF, &["import", "ftrace", "/no/such/file", "-o", path_str(&dir.path().join("r"))]);
     assert_one_line_error(&o, "cannot read /no/such/file");
 }
+
+/// Lines that are not understood are counted and named by line number (the first 10), the
+/// rest is imported; every exit also goes to the record stream, in trace order.
+#[test]
+fn malformed_lines_are_named_by_number_and_records_stream() {
+    let mut text = vmx_ftrace();
+    let good_lines = text.lines().count();
+    text.push_str("this is not a trace line\n");
+    text.push_str("       CPU 0/KVM-4242    (4240) [002] d..2.  100.009000: kvm_pio: pio_write size 1\n");
+    text.push_str("\n# a comment is not malformed\n");
+    let (_d, rec) = import("ftrace", &text);
+    let dir = rec.parent().unwrap();
+    let o = run(KVMPROF, &["import", "ftrace", path_str(&dir.join("trace.txt")), "-o", path_str(&dir.join("again.kvmprof"))]);
+    let err = stderr(&o);
+    assert!(err.contains("(2 lines not understood)"), "{err}");
+    assert!(err.contains(&format!("lines not understood: {}, {}", good_lines + 1, good_lines + 2)), "{err}");
+    let p = profiler_daemon::model::recording::load(&rec).unwrap();
+    assert_eq!(p.total_exits(), 6);
+    let records = profiler_daemon::model::recording::records(&p).unwrap();
+    assert_eq!(records.len(), 6);
+    assert_eq!(records.iter().map(|r| r.duration_ns).sum::<u64>(), p.total_time_ns());
+    // In trace order: the order the exits ended in (two vCPUs' exits overlap).
+    assert!(records.windows(2).all(|w| w[0].start_ns + w[0].duration_ns <= w[1].start_ns + w[1].duration_ns), "in trace order");
+}
+
+/// Standard input is read in one pass too (the source is chosen from a lookahead).
+#[test]
+fn standard_input_imports_the_same() {
+    let (_d, from_file) = import("perf-script", &svm_perf_script());
+    let dir = tmpdir();
+    let out = dir.path().join("stdin.kvmprof");
+    let mut child = std::process::Command::new(KVMPROF)
+        .args(["import", "perf-script", "-", "-o", path_str(&out)])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(svm_perf_script().as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(report_json(&out, &["--by", "rip"])["rows"], report_json(&from_file, &["--by", "rip"])["rows"]);
+}

@@ -165,12 +165,25 @@ fn groupings_by_port_reason_and_vcpu_agree() {
 fn streamed_records_match_the_aggregates() {
     require_live();
     let dir = tmpdir();
-    let rec = recording::load(&record_exit_loop(dir.path(), &["--records"])).unwrap();
+    let path = record_exit_loop(dir.path(), &["--records"]);
+    let rec = recording::load(&path).unwrap();
     assert!(rec.meta.records_requested);
     assert_eq!(rec.meta.records_dropped, 0);
-    let records = rec.records.as_ref().expect("records");
+    // The records went to the stream file beside the recording as they arrived.
+    let stream = rec.records_file.as_ref().expect("a record stream file");
+    assert_eq!(stream.path, recording_stream_path(&path));
+    assert!(rec.records.is_none(), "no record list in the recording itself");
+    assert_eq!((stream.records, stream.dropped()), (rec.total_exits(), 0));
+    let records = recording::records(&rec).unwrap();
     assert_eq!(records.len() as u64, rec.total_exits());
     assert_eq!(rec.total_exits(), (OUTS + INS + 1) as u64);
+    // Exactly the guest's exits, in its order: the outs, the ins, the final HLT.
+    let guest = ExitLoopGuest::new(OUTS, INS, 0x80, 0x71);
+    let rips: Vec<u64> = records.iter().map(|r| rec.exits[r.exit].rip).collect();
+    let want: Vec<u64> =
+        std::iter::repeat_n(guest.out_rip, OUTS as usize).chain(std::iter::repeat_n(guest.in_rip, INS as usize)).chain([guest.hlt_rip]).collect();
+    assert!(rips == want, "records are the guest's exits in order");
+    assert_eq!(records.iter().map(|r| r.duration_ns).sum::<u64>(), rec.total_time_ns(), "record durations add up to the aggregate time");
     for (i, e) in rec.exits.iter().enumerate() {
         let mine: Vec<_> = records.iter().filter(|r| r.exit == i).collect();
         assert_eq!(mine.len() as u64, e.stats.count, "records of exit {i}");
@@ -182,8 +195,49 @@ fn streamed_records_match_the_aggregates() {
         }
         assert_eq!(hist, e.stats.hist, "histogram of exit {i}");
     }
-    let starts: Vec<u64> = records.iter().map(|r| r.start_ns).collect();
-    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "records are in time order");
+    // One exit ends before the next begins (one vCPU).
+    assert!(records.windows(2).all(|w| w[0].start_ns + w[0].duration_ns <= w[1].start_ns), "records are in time order");
+    let v = report_json(&path, &[]);
+    assert_eq!((v["records"]["kept"].as_u64(), v["records"]["dropped"].as_u64()), (Some(rec.total_exits()), Some(0)), "{v:#}");
+}
+
+fn recording_stream_path(rec: &Path) -> std::path::PathBuf {
+    profiler_daemon::model::record_stream::path_for(rec)
+}
+
+/// A 4 KiB ring buffer (56 records) drained every 20 ms cannot keep up with a guest making
+/// ~100 000 exits per second: the records that did not fit are counted, per CPU, exactly.
+#[test]
+fn a_tiny_ring_buffer_counts_every_dropped_record_and_the_report_says_so() {
+    require_live();
+    let dir = tmpdir();
+    let out = dir.path().join("tiny.kvmprof");
+    let outs = 20_000u32;
+    let o = run(KVMPROF, &["record", "--records", "--records-buffer", "4096", "-o", path_str(&out), "--", &exit_loop(), "--outs", &outs.to_string()]);
+    assert!(o.status.success(), "record failed: {}", stderr(&o));
+    let rec = recording::load(&out).unwrap();
+    assert_eq!(rec.total_exits(), outs as u64 + 1, "the aggregate counts every exit");
+    let stream = rec.records_file.clone().expect("a record stream");
+    let records = recording::records(&rec).unwrap();
+    let dropped = rec.meta.records_dropped;
+    assert!(dropped > 0, "a 4 KiB ring must overflow: {stream:?}");
+    assert_eq!(stream.dropped(), dropped, "the per-CPU counts add up to the total");
+    assert_eq!(records.len() as u64 + dropped, rec.total_exits(), "every exit is either a record or counted as dropped");
+    assert_eq!(stream.records, records.len() as u64);
+    assert!(stderr(&o).contains(&format!("{dropped} records did not fit in the ring buffer")), "{}", stderr(&o));
+    let table = stdout(&run(KVMPROF, &["report", path_str(&out)]));
+    let note = format!("note: {dropped} of {} exits are missing from the streamed records", rec.total_exits());
+    assert!(table.contains(&note), "{note:?} in {table}");
+    let v = report_json(&out, &[]);
+    assert_eq!(v["records"]["dropped"].as_u64(), Some(dropped), "{v:#}");
+    assert_eq!(v["records"]["kept"].as_u64(), Some(records.len() as u64), "{v:#}");
+    let per_cpu: Vec<u64> = v["records"]["dropped_per_cpu"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+    assert_eq!(per_cpu, stream.dropped_per_cpu);
+    // Sizes that are not a power of two of at least a page are refused before anything runs.
+    for bad in ["1000", "6144", "0"] {
+        let o = run(KVMPROF, &["record", "--records", "--records-buffer", bad, "-o", path_str(&out), "--", &exit_loop()]);
+        assert!(!o.status.success() && stderr(&o).contains("is not a ring buffer size"), "{bad}: {}", stderr(&o));
+    }
 }
 
 #[test]

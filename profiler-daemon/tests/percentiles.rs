@@ -30,7 +30,7 @@ fn histogram_percentiles_are_within_10_percent_of_exact() {
     assert!(o.status.success(), "record failed: {}", stderr(&o));
     let rec = recording::load(&out).unwrap();
     assert_eq!(rec.meta.records_dropped, 0);
-    let records = rec.records.as_ref().expect("records");
+    let records = &recording::records(&rec).expect("records");
 
     // Every I/O exit together (bimodal: p50 among the fast outs, p99 among the slow ins), then
     // each exit site alone.

@@ -247,3 +247,46 @@ fn version_1_recordings_with_log2_histograms_still_read() {
     }
     assert_eq!(rb["p50_ns"].as_u64(), Some(hist_bucket_value(hist_bucket_of_legacy(13))));
 }
+
+/// A version 3 recording keeps its records in a stream file beside it: that file missing,
+/// cut short, damaged inside, or not a stream at all is refused by report and diff with one
+/// line naming it.
+#[test]
+fn damaged_record_streams_are_refused() {
+    let dir = tmpdir();
+    let good = good_recording(dir.path());
+    let stream = profiler_daemon::model::record_stream::path_for(&good);
+    let bytes = std::fs::read(&stream).expect("import writes a record stream");
+    // Each damage is made on a copy of the good pair (recording + stream) under a new name.
+    let pair = |name: &str, stream_bytes: Option<Vec<u8>>| -> PathBuf {
+        let rec = dir.path().join(name);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
+        let sname = format!("{name}.records");
+        v["records_file"]["name"] = sname.clone().into();
+        std::fs::write(&rec, serde_json::to_vec(&v).unwrap()).unwrap();
+        if let Some(b) = stream_bytes {
+            std::fs::write(dir.path().join(sname), b).unwrap();
+        }
+        rec
+    };
+    let missing = pair("missing.kvmprof", None);
+    assert_refused(&missing, &good, "cannot read the record stream");
+    let cut = pair("cut.kvmprof", Some(bytes[..bytes.len() - 20].to_vec()));
+    assert_refused(&cut, &good, "is truncated at byte");
+    let mut flipped = bytes.clone();
+    // The first record's start time: inside the RECORDS block, after the header (16 B), the
+    // KEYS block (12 + 48 B) and the RECORDS block's header (12 B).
+    flipped[16 + 12 + 48 + 12] ^= 0x40;
+    let crc = pair("crc.kvmprof", Some(flipped));
+    assert_refused(&crc, &good, "fails its CRC check");
+    let foreign = pair("foreign.kvmprof", Some(b"not a stream at all".to_vec()));
+    assert_refused(&foreign, &good, "is not a kvmprof record stream");
+    let mut newer = bytes.clone();
+    newer[8] = 9;
+    let newer = pair("newer.kvmprof", Some(newer));
+    assert_refused(&newer, &good, "is record stream version 9, newer than this kvmprof reads");
+    // The good pair still reads, and the stream holds the recording's one exit.
+    let p = recording::load(&good).unwrap();
+    assert_eq!(recording::records(&p).unwrap().len(), 1);
+    assert_eq!(p.records_file.as_ref().map(|s| s.records), Some(1));
+}

@@ -90,8 +90,9 @@ pub enum Note {
     UnknownCallers { unknown: u64, total: u64 },
     /// Exits still open when recording stopped.
     Unfinished(u64),
-    /// Streamed records the ring buffer had no room for.
-    RecordsDropped(u64),
+    /// Streamed records the ring buffer had no room for: in total, per CPU (when the record
+    /// stream says), and of how many exits.
+    RecordsDropped { dropped: u64, per_cpu: Vec<u64>, exits: u64 },
     /// In-kernel maps were full: exits and thread events lost.
     MapsFull { exits: u64, thread_events: u64 },
     /// Some exits have count and time but no histogram (counted after the in-kernel exit map
@@ -108,6 +109,32 @@ pub struct Report {
     pub total_time_ns: u64,
     pub rows: Vec<Row>,
     pub notes: Vec<Note>,
+    /// `record --records`: what became of the streamed records.
+    pub records: Option<RecordsSummary>,
+}
+
+/// The streamed records of a recording made with `--records` (or imported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsSummary {
+    /// Records kept (in the record stream file, or the recording's own list); None when the
+    /// recording has neither (made before streaming, without records).
+    pub kept: Option<u64>,
+    pub dropped: u64,
+    /// Per possible CPU, when the record stream says (empty otherwise).
+    pub dropped_per_cpu: Vec<u64>,
+}
+
+fn records_summary(profile: &Profile) -> Option<RecordsSummary> {
+    if !profile.meta.records_requested {
+        return None;
+    }
+    let kept = match (&profile.records_file, &profile.records) {
+        (Some(s), _) => Some(s.records),
+        (None, Some(r)) => Some(r.len() as u64),
+        (None, None) => None,
+    };
+    let dropped_per_cpu = profile.records_file.as_ref().map(|s| s.dropped_per_cpu.clone()).unwrap_or_default();
+    Some(RecordsSummary { kept, dropped: profile.meta.records_dropped, dropped_per_cpu })
 }
 
 /// What rows are grouped by: one value per row.
@@ -181,7 +208,7 @@ pub fn build(profile: &Profile, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Str
         })
         .collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then(b.time_ns.cmp(&a.time_ns)).then(a.rip.cmp(&b.rip)));
-    Report { source: profile.meta.source, by, total_exits, total_time_ns, rows, notes: notes(profile, by) }
+    Report { source: profile.meta.source, by, total_exits, total_time_ns, rows, notes: notes(profile, by), records: records_summary(profile) }
 }
 
 /// A row's fixed fields, from the first exit of its group; counts start at 0.
@@ -247,7 +274,8 @@ fn notes(profile: &Profile, by: GroupBy) -> Vec<Note> {
         notes.push(Note::Unfinished(m.unfinished_exits));
     }
     if m.records_dropped > 0 {
-        notes.push(Note::RecordsDropped(m.records_dropped));
+        let per_cpu = profile.records_file.as_ref().map(|s| s.dropped_per_cpu.clone()).unwrap_or_default();
+        notes.push(Note::RecordsDropped { dropped: m.records_dropped, per_cpu, exits: profile.total_exits() });
     }
     if m.exit_keys_full > 0 || m.threads_full > 0 {
         notes.push(Note::MapsFull { exits: m.exit_keys_full, thread_events: m.threads_full });

@@ -48,8 +48,8 @@ pub struct DiffArgs {
 }
 
 pub fn run(a: DiffArgs) -> Result<i32> {
-    let before = recording::load(&a.before)?;
-    let after = recording::load(&a.after)?;
+    let before = recording::load_checked(&a.before)?;
+    let after = recording::load_checked(&a.after)?;
     let sym = a.symbols.load_for((a.by == DiffByArg::Function).then_some("--by function"), &[&before, &after])?;
     let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
     let by = match a.by {

@@ -1,9 +1,12 @@
 //! `kvmprof import`.
 use std::path::PathBuf;
 
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use profiler_daemon::import::{self, TextFormat};
+use profiler_daemon::import::{self, ImportOptions, TextFormat};
+use profiler_daemon::model::record_stream::{self, StreamWriter};
 use profiler_daemon::model::recording;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -17,7 +20,11 @@ pub enum TextFormatArg {
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  perf record -e 'kvm:*' -a -- sleep 5 && perf script > kvm.txt\n  \
 kvmprof import perf-script kvm.txt -o kvm.kvmprof\n  \
-kvmprof import ftrace /sys/kernel/tracing/trace -o kvm.kvmprof")]
+kvmprof import ftrace /sys/kernel/tracing/trace -o kvm.kvmprof\n\n\
+The input is read in one pass, in bounded memory, whatever its size (a file is first scanned \
+for kvm_exit, stopping at the first). Every exit is also written, in trace order, to \
+FILE.records beside the output (for `report --format perfetto`). Lines that are not \
+understood are counted, and the first 10 are named by line number.")]
 pub struct ImportArgs {
     #[arg(value_enum)]
     format: TextFormatArg,
@@ -32,26 +39,57 @@ pub struct ImportArgs {
 }
 
 pub fn run(a: ImportArgs) -> Result<i32> {
-    let reader: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = std::fs::File::open(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-        Box::new(std::io::BufReader::new(f))
-    };
     let format = match a.format {
         TextFormatArg::PerfScript => TextFormat::PerfScript,
         TextFormatArg::Ftrace => TextFormat::Ftrace,
     };
-    let imported = import::import_with_max_gap(reader, format, a.max_gap)?;
-    recording::save(&imported.profile, &a.output)?;
+    let mut opts = ImportOptions { max_gap_ns: a.max_gap, hw: None };
+    let reader: Box<dyn BufRead> = if a.file.as_os_str() == "-" {
+        Box::new(BufReader::with_capacity(READ_BUFFER, std::io::stdin().lock()))
+    } else {
+        let cannot = || format!("cannot read {}", a.file.display());
+        let mut f = std::fs::File::open(&a.file).with_context(cannot)?;
+        // A file is scanned for kvm_exit first (stopping at the first one), then replayed.
+        opts.hw = Some(import::trace_is_hw(&mut f).with_context(cannot)?);
+        f.seek(SeekFrom::Start(0)).with_context(cannot)?;
+        Box::new(BufReader::with_capacity(READ_BUFFER, f))
+    };
+    // Every exit, in trace order, streams to the record stream beside the output.
+    let stream_path = record_stream::path_for(&a.output);
+    let mut tmp = stream_path.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut writer = StreamWriter::create(&tmp)?;
+    let imported = import::import_with(reader, format, opts, Some(&mut writer));
+    let imported = match imported {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let mut info = writer.finish()?;
+    std::fs::rename(&tmp, &stream_path).with_context(|| format!("cannot write {}", stream_path.display()))?;
+    info.path = stream_path;
+    let mut profile = imported.profile;
+    profile.records_file = Some(info);
+    recording::save(&profile, &a.output)?;
     eprintln!(
         "kvmprof: imported {} exits (source {}) from {} events in {} lines ({} lines not understood) -> {}",
-        imported.profile.total_exits(),
-        imported.profile.meta.source,
+        profile.total_exits(),
+        profile.meta.source,
         imported.events,
         imported.lines,
         imported.skipped,
         a.output.display()
     );
+    if imported.skipped > 0 {
+        let nums: Vec<String> = imported.skipped_lines.iter().map(u64::to_string).collect();
+        let more = if imported.skipped > nums.len() as u64 { ", ..." } else { "" };
+        eprintln!("kvmprof: lines not understood: {}{more}", nums.join(", "));
+    }
     Ok(0)
 }
+
+/// Large reads: the text is parsed in place, one line at a time.
+const READ_BUFFER: usize = 1 << 20;

@@ -40,9 +40,17 @@ pub struct RecordArgs {
     /// Stop after this many seconds (default: when the command or PID exits, or on Ctrl-C).
     #[arg(long, value_name = "S")]
     duration: Option<f64>,
-    /// Also keep every exit, in order, with its start time and duration (costs more).
+    /// Also keep every exit, in order, with its start time and duration (costs more). The
+    /// records go to FILE.records as they arrive (memory stays bounded however long the
+    /// recording); records the kernel's ring buffer had no room for are counted per CPU and
+    /// reported (`report` prints a note).
     #[arg(long)]
     records: bool,
+    /// Size in bytes of the kernel ring buffer that carries --records to kvmprof: a power of
+    /// two, at least the page size (4096). Default 16 MiB (16777216). Smaller loses records
+    /// when the guest exits faster than kvmprof drains it (every 20 ms).
+    #[arg(long, value_name = "BYTES", requires = "records", value_parser = parse_ring_bytes)]
+    records_buffer: Option<u32>,
     /// Which tracepoints give the exits.
     #[arg(long, value_enum, default_value = "auto")]
     source: SourceArg,
@@ -63,6 +71,14 @@ pub struct RecordArgs {
     command: Vec<String>,
 }
 
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let page = 4096u32;
+    match s.parse::<u32>() {
+        Ok(n) if n >= page && n.is_power_of_two() => Ok(n),
+        _ => Err(format!("{s} is not a ring buffer size: give a power of two of at least {page} bytes, e.g. 65536")),
+    }
+}
+
 pub fn run(a: RecordArgs) -> Result<i32> {
     let duration = a
         .duration
@@ -74,6 +90,7 @@ pub fn run(a: RecordArgs) -> Result<i32> {
         pid: a.pid,
         duration,
         records: a.records,
+        records_buffer: a.records_buffer,
         source: a.source.resolve(),
         command: a.command,
         quiet: false,

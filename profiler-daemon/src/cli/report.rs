@@ -51,6 +51,9 @@ pub enum FormatArg {
     /// A gzipped pprof profile (binary; give -o FILE): stacks caller -> function -> reason,
     /// values exits and exit time (ns), for `go tool pprof`, Pyroscope, Parca.
     Pprof,
+    /// A Perfetto trace (binary protobuf; give -o FILE): every recorded exit as a slice on
+    /// its vCPU thread's track, for ui.perfetto.dev. Needs a recording made with --records.
+    Perfetto,
 }
 
 impl From<FormatArg> for Format {
@@ -61,7 +64,7 @@ impl From<FormatArg> for Format {
             FormatArg::Csv => Format::Csv,
             FormatArg::Folded => Format::Folded,
             // Binary: written by `run` before any text format is chosen.
-            FormatArg::Pprof => Format::Folded,
+            FormatArg::Pprof | FormatArg::Perfetto => Format::Folded,
         }
     }
 }
@@ -95,9 +98,12 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs) -> Result<i32> {
-    let rec = recording::load(&a.file)?;
+    let rec = recording::load_checked(&a.file)?;
     let sym = a.symbols.load_for((a.by == GroupByArg::Function).then_some("--by function"), &[&rec])?;
     let resolve = |rip: u64| sym.as_ref().and_then(|s| s.function_name(rip));
+    if a.format == FormatArg::Perfetto {
+        return perfetto(&a, &rec, &resolve);
+    }
     if a.format == FormatArg::Pprof {
         let gz = render::pprof::from_profile(&rec, &resolve);
         return match &a.output {
@@ -118,6 +124,39 @@ pub fn run(a: ReportArgs) -> Result<i32> {
         Some(path) => write_file(path, text.as_bytes()),
         None => super::emit(&text),
     }
+}
+
+/// `--format perfetto`: streams the records (bounded memory) into a Perfetto trace.
+fn perfetto(a: &ReportArgs, rec: &profiler_daemon::model::Profile, resolve: &dyn Fn(u64) -> Option<String>) -> Result<i32> {
+    use profiler_daemon::render::perfetto::PerfettoWriter;
+    if rec.records.is_none() && rec.records_file.is_none() {
+        return Err(anyhow!(
+            "{} has no per-exit records: record it with `kvmprof record --records` (or `kvmprof import` a trace) for a Perfetto timeline",
+            a.file.display()
+        ));
+    }
+    let Some(path) = &a.output else {
+        return Err(anyhow!("--format perfetto is binary: give -o FILE (e.g. -o trace.pftrace)"));
+    };
+    // A slice's name: the guest function, else the RIP; looked up once per exit site.
+    let names: Vec<String> = rec.exits.iter().map(|e| resolve(e.rip).unwrap_or_else(|| render::hex(e.rip))).collect();
+    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut w = PerfettoWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    let mut failed = w.tracks(rec).err();
+    let read = recording::for_each_record(rec, |r| {
+        if failed.is_none() {
+            failed = w.slice(&rec.exits[r.exit], &r, names[r.exit].clone()).err();
+        }
+    });
+    let result = match (read, failed) {
+        (Err(e), _) => Err(anyhow::Error::new(e)),
+        (_, Some(e)) => Err(anyhow::Error::new(e).context(format!("cannot write {}", path.display()))),
+        (Ok(_), None) => w.finish().map(|_| ()).with_context(|| format!("cannot write {}", path.display())),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result.map(|_| 0)
 }
 
 /// Binary output to stdout; a closed pipe is not an error (as `super::emit`).

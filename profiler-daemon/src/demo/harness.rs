@@ -136,6 +136,7 @@ impl Ctx {
             pid: None,
             duration: Some(Duration::from_secs(120)),
             records: false,
+            records_buffer: None,
             source: None,
             command,
             quiet: true,

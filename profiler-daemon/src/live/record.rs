@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,6 +12,7 @@ use super::guest_memory::{self, FeedStatus, Feeder};
 use super::session::{detect_source, Session, SessionConfig, Target};
 use super::targets::check_vm_pid;
 use super::{require_root, tracefs};
+use crate::model::record_stream::{self, StreamInfo, StreamWriter};
 use crate::model::{recording, Profile, Source};
 
 pub struct RecordOptions {
@@ -21,6 +22,8 @@ pub struct RecordOptions {
     pub pid: Option<u32>,
     pub duration: Option<Duration>,
     pub records: bool,
+    /// The records ring buffer's size in bytes (`--records-buffer`); None: the default.
+    pub records_buffer: Option<u32>,
     pub source: Option<Source>,
     pub command: Vec<String>,
     pub quiet: bool,
@@ -55,7 +58,8 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
         records: opts.records,
         command: (!opts.command.is_empty()).then(|| opts.command.clone()),
     };
-    let mut session = Session::start_with_max_gap(&tracefs, cfg, opts.max_gap_ns)?;
+    let mut session = Session::start_with_records_buffer(&tracefs, cfg, opts.max_gap_ns, opts.records_buffer)?;
+    let stream = if opts.records { Some(start_record_stream(&mut session, &opts.output)?) } else { None };
     let feeder = match (session.guest_memory(), target) {
         (Some(w), t) if t != 0 => Some(Feeder::start(map_source, w, t)?),
         _ => None,
@@ -109,7 +113,16 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     }
 
     rec.meta.command_status = command_status;
+    // A record stream that could not be completed (disk full) must not cost the aggregate:
+    // the recording is saved without it, then the error is reported.
+    let stream_status = stream.map(|s| finish_record_stream(s, &opts.output));
+    if let Some(Ok(info)) = &stream_status {
+        rec.records_file = Some(info.clone());
+    }
     recording::save(&rec, &opts.output)?;
+    if let Some(Err(e)) = stream_status {
+        return Err(e.context(format!("{} is saved without its records", opts.output.display())));
+    }
     if !opts.quiet {
         summarize(&rec, &opts.output);
     }
@@ -122,6 +135,33 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
         _ => {}
     }
     Ok(rec)
+}
+
+/// `--records`: the session's records go to a stream file beside the output as they arrive
+/// (a temporary name until the recording is complete).
+fn start_record_stream(session: &mut Session, output: &Path) -> Result<Arc<Mutex<StreamWriter>>> {
+    let tmp = stream_tmp_path(output);
+    let writer = Arc::new(Mutex::new(StreamWriter::create(&tmp)?));
+    session.set_record_sink(Box::new(Arc::clone(&writer)));
+    Ok(writer)
+}
+
+fn stream_tmp_path(output: &Path) -> PathBuf {
+    let mut p = record_stream::path_for(output).into_os_string();
+    p.push(".tmp");
+    PathBuf::from(p)
+}
+
+/// Ends the stream (after `Session::finish`, which sent it the last records and the drop
+/// counts) and moves it to its final name, next to the recording.
+fn finish_record_stream(stream: Arc<Mutex<StreamWriter>>, output: &Path) -> Result<StreamInfo> {
+    let tmp = stream_tmp_path(output);
+    let writer = Arc::try_unwrap(stream).ok().and_then(|m| m.into_inner().ok()).context("the record stream is still in use")?;
+    let mut info = writer.finish()?;
+    let path = record_stream::path_for(output);
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    info.path = path;
+    Ok(info)
 }
 
 fn wait_briefly(child: &mut Child) -> Option<i32> {
@@ -157,6 +197,9 @@ fn summarize(rec: &Profile, path: &Path) {
     let m = &rec.meta;
     if m.records_dropped > 0 {
         eprintln!("kvmprof: warning: {} records did not fit in the ring buffer (they are in the totals, not in the record list)", m.records_dropped);
+    }
+    if let Some(s) = &rec.records_file {
+        eprintln!("kvmprof: {} records -> {}", s.records, s.path.display());
     }
     if m.exit_keys_full > 0 || m.threads_full > 0 {
         eprintln!("kvmprof: warning: in-kernel maps were full: {} exits and {} thread events were not counted", m.exit_keys_full, m.threads_full);

@@ -17,6 +17,7 @@ use super::error::LiveError;
 use super::targets::thread_alive;
 use super::tracefs::EventFormat;
 use crate::model::aggregate::Aggregate;
+use crate::model::record_stream::RecordSink;
 use crate::model::{Meta, Profile, Source, ThreadInfo};
 
 /// The eBPF object, built by build.rs from `profiler-ebpf/` (empty with KVMPROF_SKIP_EBPF=1).
@@ -125,6 +126,9 @@ pub struct Session {
     runs: PerCpuHashMap<MapData, RunKey, RunStats>,
     max_gap_ns: u64,
     drained: Vec<ExitRecord>,
+    /// Where streamed records go as they are read, when set ([`Session::set_record_sink`]);
+    /// else they collect in `drained` until the next snapshot.
+    record_sink: Option<Box<dyn RecordSink>>,
     /// The vcpu-noting raw tracepoints, attached only while needed (see [`Session::poll`]).
     vcpu_links: Vec<(&'static str, &'static str, Option<RawTracePointLinkId>)>,
     /// Every thread seen so far, kept after it ends (marked `ended`).
@@ -181,6 +185,12 @@ impl Session {
 
     /// [`Session::start`] with the run-detection gap `max_gap_ns` (None: the source's default).
     pub fn start_with_max_gap(tracefs: &Path, cfg: SessionConfig, max_gap_ns: Option<u64>) -> Result<Session, LiveError> {
+        Session::start_with_records_buffer(tracefs, cfg, max_gap_ns, None)
+    }
+
+    /// [`Session::start_with_max_gap`] with the records ring buffer's size in bytes (a power
+    /// of two multiple of the page size; None: `maps::RECORDS_BYTES`).
+    pub fn start_with_records_buffer(tracefs: &Path, cfg: SessionConfig, max_gap_ns: Option<u64>, records_buffer: Option<u32>) -> Result<Session, LiveError> {
         let max_gap_ns = max_gap_ns.unwrap_or(default_max_gap_ns(cfg.source));
         if env!("KVMPROF_EBPF_BUILT") != "1" {
             return Err(LiveError::NoEbpfObject);
@@ -220,6 +230,8 @@ impl Session {
         if !cfg.records {
             // The ring buffer is never written: don't pin 16 MiB of kernel memory for it.
             loader.map_max_entries(maps::RECORDS, 4096);
+        } else if let Some(bytes) = records_buffer {
+            loader.map_max_entries(maps::RECORDS, bytes);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| LiveError::Load { source })?;
 
@@ -278,6 +290,7 @@ impl Session {
             runs,
             max_gap_ns,
             drained: Vec::new(),
+            record_sink: None,
             vcpu_links,
             known_threads: BTreeMap::new(),
             start_unix_ns: unix_ns(),
@@ -343,6 +356,19 @@ impl Session {
         }
     }
 
+    /// From now on, streamed records go to `sink` as they are read from the ring buffer (in
+    /// bounded memory) instead of into the next snapshot; so do the exits still open at
+    /// [`Session::finish`].
+    pub fn set_record_sink(&mut self, sink: Box<dyn RecordSink>) {
+        self.record_sink = Some(sink);
+    }
+
+    /// The records the ring buffer had no room for, per possible CPU (`RECORDS_DROPPED`).
+    pub fn records_dropped_per_cpu(&self) -> Result<Vec<u64>, LiveError> {
+        let v = self.counters.get(&counter::RECORDS_DROPPED, 0).map_err(|source| LiveError::ReadMap { map: maps::COUNTERS, source })?;
+        Ok(v.iter().copied().collect())
+    }
+
     fn drain_records(&mut self) {
         let Some(rb) = &mut self.records else { return };
         while let Some(item) = rb.next() {
@@ -350,7 +376,10 @@ impl Session {
                 // SAFETY: the program writes whole ExitRecords (plain integers, any bit
                 // pattern valid); read_unaligned tolerates the ring buffer's alignment.
                 let rec = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) };
-                self.drained.push(rec);
+                match &mut self.record_sink {
+                    Some(sink) => sink.push(&rec),
+                    None => self.drained.push(rec),
+                }
             }
         }
     }
@@ -495,6 +524,17 @@ impl Session {
         }
         if finishing {
             agg.finish_threads(states.iter_mut());
+        }
+        // Exits charged here (still open at the end) follow the streamed ones to the sink.
+        if let (Some(sink), Some(records)) = (&mut self.record_sink, &mut agg.records) {
+            records.drain(..).for_each(|r| sink.push(&r));
+            agg.records = None;
+        }
+        if finishing && self.record_sink.is_some() {
+            let dropped = self.records_dropped_per_cpu()?;
+            if let Some(sink) = &mut self.record_sink {
+                sink.set_dropped(&dropped);
+            }
         }
         let count = |i: u32| -> Result<u64, LiveError> {
             let v = self.counters.get(&i, 0).map_err(|source| LiveError::ReadMap { map: maps::COUNTERS, source })?;

@@ -40,9 +40,14 @@ impl Aggregate {
     pub fn charge_thread(&mut self, s: &mut ThreadState, rec: Option<ExitRecord>) {
         let Some(r) = rec else { return };
         self.charge(rec);
+        self.detect_runs(s, &r);
+    }
+
+    /// Feeds a finished exit (charged elsewhere) to its thread's run detection.
+    pub fn detect_runs(&mut self, s: &mut ThreadState, r: &ExitRecord) {
         if let Some(gap) = self.max_gap_ns {
             let runs = &mut self.runs;
-            s.run.on_exit(&r, gap, |k, v| add_run(runs, k, v));
+            s.run.on_exit(r, gap, |k, v| add_run(runs, k, v));
         }
     }
 
@@ -95,7 +100,7 @@ impl Aggregate {
             lost: self.runs_lost,
             list: self.runs.iter().filter(|(_, v)| v.occurrences > 0).map(|(k, v)| Run::from_stats(k, v)).collect(),
         });
-        (Profile { meta, threads, exits, records, runs }, undecodable)
+        (Profile { meta, threads, exits, records, runs, records_file: None }, undecodable)
     }
 }
 
@@ -114,7 +119,7 @@ fn add_run(runs: &mut BTreeMap<RunKey, RunStats>, key: &RunKey, stats: &RunStats
 /// Per-thread state machines for replaying recorded events in user space.
 #[derive(Debug, Default)]
 pub struct Threads {
-    pub states: HashMap<u32, ThreadState>,
+    pub states: HashMap<u32, ThreadState, foldhash::fast::RandomState>,
 }
 
 impl Threads {

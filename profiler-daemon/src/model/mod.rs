@@ -4,6 +4,7 @@ pub mod aggregate;
 pub mod exit;
 pub mod profile;
 pub mod reasons;
+pub mod record_stream;
 pub mod recording;
 
 pub use exit::{Access, Direction, Exit, Isa, Reason, Source};

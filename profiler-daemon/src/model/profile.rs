@@ -79,6 +79,9 @@ pub struct Profile {
     /// Runs of successive I/O exits (`kvmprof advise`); `None` = no run data (a recording
     /// made before run detection).
     pub runs: Option<Runs>,
+    /// The record stream file the records were written to as they arrived (`record
+    /// --records`, `import`): read with `recording::for_each_record`.
+    pub records_file: Option<super::record_stream::StreamInfo>,
 }
 
 /// Runs of successive I/O exits by signature (see [`profiler_common::runs`]).
@@ -158,6 +161,7 @@ impl Profile {
             exits: self.exits.iter().filter(|e| keep(e)).cloned().collect(),
             records: None,
             runs: self.runs.clone(),
+            records_file: None,
         }
     }
 }

@@ -17,11 +17,17 @@
 //!                          or to less when some exits were counted without one),
 //!                  "caller_rip": "0x.."|null (optional; null/absent = unknown caller) } ],
 //!   "records": [ [start_ns, duration_ns, index into "exits"], ... ] | null,
+//!   "records_file": { "name": "run.kvmprof.records", "format": "kvmprof-records",   (version 3;
+//!                     "version": 1, "records": N, "dropped_per_cpu": [N, ...] },     optional)
 //!   "runs": { "max_gap_ns": N, "lost": N,                          (optional: absent = no run data)
 //!             "list": [ { "tgid", "length", "hash": "0x..", "occurrences", "total_ns",
 //!                         "kind": "port_in"|"port_out"|"mmio_read"|"mmio_write",
 //!                         "accesses": [["0xrip", "0xport or gpa"], ...] (the first 16) } ] } }
 //! ```
+//! Version 3 adds `records_file`: the exits of `record --records` (and `import`) streamed to a
+//! sidecar file as they arrived (format: [`super::record_stream`]), instead of the in-memory
+//! `records` array; `name` is relative to the recording's directory (or absolute). A file
+//! without `records_file` is written as version 2, so older kvmprof still reads it.
 //! `runs` (runs of successive I/O exits, `kvmprof advise`) was added within version 2: files
 //! without it read as before, with no run data.
 //! Version 1 (kvmprof before the log-linear histogram) is still read: its `hist` is 32 counts
@@ -37,11 +43,12 @@ use profiler_common::{detail, hist_bucket_of_legacy, ExitStats, HIST_BUCKETS, LE
 use serde::{Deserialize, Serialize};
 
 use super::exit::{Access, Exit, Isa, Reason};
+use super::record_stream;
 use super::profile::{Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
 use profiler_common::parse_hex;
 
 pub const FORMAT: &str = "kvmprof-recording";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -57,6 +64,8 @@ pub enum RecordingError {
     NewerVersion { path: String, found: u64 },
     #[error("{path} is a corrupt kvmprof recording: {why}")]
     Corrupt { path: String, why: String },
+    #[error("{path}: {source}")]
+    RecordStream { path: String, stream: String, source: record_stream::StreamError },
 }
 
 /// The file's exit row: numbers as the format spells them (hex strings, names).
@@ -89,7 +98,21 @@ struct File {
     records: Option<Vec<[u64; 3]>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     runs: Option<RunsFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    records_file: Option<RecordsFileRow>,
 }
+
+/// Version 3: where the streamed records are ([`super::record_stream`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordsFileRow {
+    name: String,
+    format: String,
+    version: u32,
+    records: u64,
+    dropped_per_cpu: Vec<u64>,
+}
+
+const RECORDS_FORMAT: &str = "kvmprof-records";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct RunsFile {
@@ -250,14 +273,23 @@ fn legacy_hist(v: &serde_json::Value) -> Result<[u64; HIST_BUCKETS], String> {
 /// Writes to a temporary file beside `path`, then renames: a crash never leaves half a file,
 /// and an older file at `path` survives a failed write (full disk).
 pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
+    let records_file = profile.records_file.as_ref().map(|s| RecordsFileRow {
+        name: stream_name(&s.path, path),
+        format: RECORDS_FORMAT.into(),
+        version: record_stream::VERSION,
+        records: s.records,
+        dropped_per_cpu: s.dropped_per_cpu.clone(),
+    });
     let file = File {
         format: FORMAT.into(),
-        version: VERSION,
+        // The lowest version that holds this content, so older readers read what they can.
+        version: if records_file.is_some() { VERSION } else { 2 },
         meta: profile.meta.clone(),
         threads: profile.threads.clone(),
         exits: profile.exits.iter().map(ExitRow::new).collect(),
         records: profile.records.as_ref().map(|rs| rs.iter().map(|r| [r.start_ns, r.duration_ns, r.exit as u64]).collect()),
         runs: profile.runs.as_ref().map(RunsFile::new),
+        records_file,
     };
     let tmp = path.with_extension("kvmprof-tmp");
     let write = || -> std::io::Result<()> {
@@ -273,14 +305,89 @@ pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
     })
 }
 
+/// The stream's name as the recording at `recording` refers to it: relative when the two are
+/// in one directory (so they move together), else absolute.
+fn stream_name(stream: &Path, recording: &Path) -> String {
+    let dir = |p: &Path| p.parent().map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()));
+    match (stream.file_name(), dir(stream) == dir(recording)) {
+        (Some(name), true) => name.to_string_lossy().into_owned(),
+        _ => std::path::absolute(stream).unwrap_or_else(|_| stream.to_path_buf()).display().to_string(),
+    }
+}
+
+/// Reads a recording; a version 3 recording's record stream is checked (header, END block,
+/// count) but not read: see [`for_each_record`].
 pub fn load(path: &Path) -> Result<Profile, RecordingError> {
     let p = path.display().to_string();
     let bytes = fs::read(path).map_err(|source| RecordingError::Io { path: p.clone(), source })?;
-    from_bytes(&bytes, &p)
+    let (mut profile, stream) = decode(&bytes, &p)?;
+    if let Some(row) = stream {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let stream_path = dir.join(&row.name);
+        let stream_err = |source| RecordingError::RecordStream { path: p.clone(), stream: stream_path.display().to_string(), source };
+        let info = record_stream::info(&stream_path).map_err(stream_err)?;
+        if info.records != row.records {
+            let why = format!("it holds {} records, the recording says {}", info.records, row.records);
+            return Err(stream_err(record_stream::StreamError::Corrupt { path: stream_path.display().to_string(), why }));
+        }
+        profile.records_file = Some(info);
+    }
+    Ok(profile)
+}
+
+/// Every record of a profile, in order, from its in-memory list (version 1/2 recordings,
+/// snapshots) or streamed from its record stream file in bounded memory (version 3). Returns
+/// how many were read. A profile without records reads none.
+pub fn for_each_record(profile: &Profile, mut each: impl FnMut(Record)) -> Result<u64, RecordingError> {
+    if let Some(records) = &profile.records {
+        records.iter().for_each(|r| each(*r));
+        return Ok(records.len() as u64);
+    }
+    let Some(info) = &profile.records_file else { return Ok(0) };
+    let index: std::collections::HashMap<_, usize> = profile.exits.iter().enumerate().map(|(i, e)| (e.key(), i)).collect();
+    let sp = info.path.display().to_string();
+    let mut unknown = None;
+    let read = record_stream::for_each(&info.path, |key, start_ns, duration_ns| match index.get(key) {
+        Some(&exit) => each(Record { start_ns, duration_ns, exit }),
+        None => {
+            unknown.get_or_insert(*key);
+        }
+    })
+    .map_err(|source| RecordingError::RecordStream { path: "the recording".into(), stream: sp.clone(), source })?;
+    if let Some(k) = unknown {
+        let why = format!("a record's exit site (rip {:#x}, tid {}) is not in the recording", k.rip, k.tid);
+        return Err(RecordingError::RecordStream { path: "the recording".into(), stream: sp.clone(), source: record_stream::StreamError::Corrupt { path: sp, why } });
+    }
+    Ok(read.records)
+}
+
+/// [`load`], then every record of the record stream read and checked (block checksums, exit
+/// sites): `report` and `diff` refuse a damaged stream rather than print from half of it.
+pub fn load_checked(path: &Path) -> Result<Profile, RecordingError> {
+    let profile = load(path)?;
+    if profile.records_file.is_some() {
+        for_each_record(&profile, |_| {}).map_err(|e| match e {
+            RecordingError::RecordStream { stream, source, .. } => RecordingError::RecordStream { path: path.display().to_string(), stream, source },
+            e => e,
+        })?;
+    }
+    Ok(profile)
+}
+
+/// [`for_each_record`] into a list (for small recordings and tests).
+pub fn records(profile: &Profile) -> Result<Vec<Record>, RecordingError> {
+    let mut v = Vec::new();
+    for_each_record(profile, |r| v.push(r))?;
+    Ok(v)
 }
 
 /// Decodes a recording held in memory; `p` names it in errors.
+/// A version 3 recording's record stream is not resolved here (see [`load`]).
 pub fn from_bytes(bytes: &[u8], p: &str) -> Result<Profile, RecordingError> {
+    decode(bytes, p).map(|(profile, _)| profile)
+}
+
+fn decode(bytes: &[u8], p: &str) -> Result<(Profile, Option<RecordsFileRow>), RecordingError> {
     // Parse untyped first, so the format and version are checked before any field is.
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -313,5 +420,10 @@ pub fn from_bytes(bytes: &[u8], p: &str) -> Result<Profile, RecordingError> {
         ),
     };
     let runs = file.runs.as_ref().map(RunsFile::decode).transpose().map_err(corrupt)?;
-    Ok(Profile { meta: file.meta, threads: file.threads, exits, records, runs })
+    if let Some(row) = &file.records_file {
+        if row.format != RECORDS_FORMAT || row.name.is_empty() {
+            return Err(corrupt(format!("records_file is not a {RECORDS_FORMAT} file")));
+        }
+    }
+    Ok((Profile { meta: file.meta, threads: file.threads, exits, records, runs, records_file: None }, file.records_file))
 }

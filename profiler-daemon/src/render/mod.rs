@@ -3,6 +3,7 @@
 pub mod advise;
 pub mod diff;
 pub mod flame;
+pub mod perfetto;
 pub mod plot;
 pub mod pprof;
 pub mod report;

@@ -32,7 +32,14 @@ pub fn note_text(n: &Note) -> String {
             s
         }
         Note::Unfinished(n) => format!("{n} exit(s) were still open when recording stopped (e.g. a final HLT); their time is what was measured before that"),
-        Note::RecordsDropped(n) => format!("{n} streamed records were dropped (the totals include them)"),
+        Note::RecordsDropped { dropped, per_cpu, exits } => {
+            let cpus: Vec<String> = per_cpu.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, n)| format!("CPU {c}: {n}")).collect();
+            let by_cpu = if cpus.is_empty() { String::new() } else { format!(" ({})", cpus.join(", ")) };
+            format!(
+                "{dropped} of {exits} exits are missing from the streamed records{by_cpu}: the kernel's ring buffer was full \
+                 (they are in the totals; record with a larger --records-buffer)"
+            )
+        }
         Note::PartialHistograms { without, total } => format!(
             "{without} of {total} exits came after the in-kernel exit map was full: they are counted with their time, but p50/p99 leave them out (no histogram)"
         ),
@@ -89,7 +96,17 @@ struct JsonReport<'a> {
     total_exits: u64,
     total_time_ns: u64,
     notes: Vec<String>,
+    /// Present when the recording was made with `--records`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    records: Option<JsonRecords>,
     rows: Vec<JsonRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonRecords {
+    kept: Option<u64>,
+    dropped: u64,
+    dropped_per_cpu: Vec<u64>,
 }
 
 pub fn render(rep: &Report, format: Format, top: Option<usize>) -> String {
@@ -102,6 +119,7 @@ pub fn render(rep: &Report, format: Format, top: Option<usize>) -> String {
                 total_exits: rep.total_exits,
                 total_time_ns: rep.total_time_ns,
                 notes: rep.notes.iter().map(note_text).collect(),
+                records: rep.records.as_ref().map(|r| JsonRecords { kept: r.kept, dropped: r.dropped, dropped_per_cpu: r.dropped_per_cpu.clone() }),
                 rows: rows.iter().map(JsonRow::new).collect(),
             };
             serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"

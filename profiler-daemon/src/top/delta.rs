@@ -25,7 +25,7 @@ pub fn between(prev: &Profile, cur: &Profile) -> Profile {
             (d.stats.count > 0).then_some(d)
         })
         .collect();
-    Profile { meta: meta_between(&prev.meta, &cur.meta), threads: cur.threads.clone(), exits, records: None, runs: None }
+    Profile { meta: meta_between(&prev.meta, &cur.meta), threads: cur.threads.clone(), exits, records: None, runs: None, records_file: None }
 }
 
 /// Saturating: the per-CPU values are read one CPU at a time while the programs keep adding,
