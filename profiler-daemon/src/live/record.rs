@@ -12,7 +12,7 @@ use super::guest_memory::{self, FeedStatus, Feeder};
 use super::session::{detect_source, Session, SessionConfig, Target};
 use super::targets::check_vm_pid;
 use super::{require_root, tracefs};
-use crate::model::{recording, Profile, Source};
+use crate::model::{recording, GuestMemoryOrigin, Profile, Source};
 
 pub struct RecordOptions {
     pub output: PathBuf,
@@ -109,6 +109,11 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     }
 
     rec.meta.command_status = command_status;
+    match &map_status {
+        Some((_, FeedStatus::Found { how, .. })) => rec.meta.guest_memory = Some(GuestMemoryOrigin::Verified(how.clone())),
+        Some((_, FeedStatus::Unverified(why))) => rec.meta.guest_memory = Some(GuestMemoryOrigin::Unverified(why.clone())),
+        _ => {}
+    }
     recording::save(&rec, &opts.output)?;
     if !opts.quiet {
         summarize(&rec, &opts.output);
@@ -116,6 +121,7 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     match map_status {
         // The recording is saved; a bad map is still an error the user must see.
         Some((what, FeedStatus::Failed(e))) => bail!("callers are unknown: {e} (map: {what})"),
+        Some((_, FeedStatus::Unverified(why))) if !opts.quiet => eprintln!("kvmprof: warning: callers are [unknown]: {why}"),
         Some((what, FeedStatus::NeverArrived)) if !opts.quiet => {
             eprintln!("kvmprof: warning: the guest memory map ({what}) never arrived: callers are unknown")
         }

@@ -158,6 +158,11 @@ impl GuestMemoryMap {
     }
 }
 
+/// A vCPU thread's description, with its VM's name read now.
+fn thread_info(state: &ThreadState) -> ThreadInfo {
+    ThreadInfo { vm_name: super::targets::vm_name(state.tgid), ..ThreadInfo::from_comm(state.tgid, &state.comm) }
+}
+
 impl Session {
     /// Loads the programs of `cfg.source`, attaches them, and opens the counted window, with
     /// the source's default run gap ([`default_max_gap_ns`]).
@@ -286,9 +291,12 @@ impl Session {
         self.drain_records();
         let mut seen = false;
         let mut missing = false;
-        for (_, state) in self.threads.iter().flatten() {
+        for (tid, state) in self.threads.iter().flatten() {
             seen = true;
             missing |= state.vcpu_ptr == 0;
+            // Named while the VM still runs: a VM that ends before the recording does keeps
+            // its name (`report --by vm`).
+            self.known_threads.entry(tid).or_insert_with(|| thread_info(&state));
         }
         let want = !seen || missing;
         let Some(ebpf) = self.ebpf.as_mut() else { return };
@@ -446,7 +454,7 @@ impl Session {
         let mut states: Vec<ThreadState> = Vec::new();
         for item in self.threads.iter() {
             let (tid, state) = item.map_err(|source| LiveError::ReadMap { map: maps::THREADS, source })?;
-            self.known_threads.entry(tid).or_insert_with(|| ThreadInfo::from_comm(state.tgid, &state.comm));
+            self.known_threads.entry(tid).or_insert_with(|| thread_info(&state));
             states.push(state);
         }
         for (tid, info) in self.known_threads.iter_mut() {
@@ -478,6 +486,7 @@ impl Session {
             exit_keys_full: count(counter::EXIT_KEYS_FULL)?,
             threads_full: count(counter::THREADS_FULL)?,
             unfinished_exits: 0,
+            guest_memory: None,
         };
         agg.runs_lost = count(counter::RUNS_FULL)?;
         // A key no kvmprof program writes would be a bug in the programs: count it as lost.

@@ -7,4 +7,4 @@ pub mod reasons;
 pub mod recording;
 
 pub use exit::{Access, Direction, Exit, Isa, Reason, Source};
-pub use profile::{Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
+pub use profile::{GuestMemoryOrigin, Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
