@@ -47,6 +47,7 @@ pub fn pid_is_qemu(pid: u32) -> bool {
 }
 
 /// One executable segment of the guest image: where it goes and its bytes.
+#[derive(Debug)]
 struct Segment {
     paddr: u64,
     bytes: Vec<u8>,
