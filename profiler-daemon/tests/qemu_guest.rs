@@ -90,6 +90,10 @@ impl Qemu {
     /// `-kernel ELF -append CMDLINE`, the disk on QEMU's PIIX IDE primary master, exit through
     /// `isa-debug-exit` at 0xf4 (the guest's default exit port under PVH).
     fn start(kernel: &Path, disk: &Path, cmdline: &str) -> Qemu {
+        Qemu::start_with(kernel, disk, cmdline, &[])
+    }
+
+    fn start_with(kernel: &Path, disk: &Path, cmdline: &str, extra: &[&str]) -> Qemu {
         let mut child = Command::new(QEMU)
             .args(["-name", "kvmprof-qemu-guest,debug-threads=on", "-enable-kvm", "-machine", "pc", "-m", "64", "-no-reboot"])
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
@@ -99,6 +103,7 @@ impl Qemu {
             .arg("-drive")
             .arg(format!("file={},if=ide,format=raw", disk.display()))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -287,6 +292,31 @@ fn a_qemu_whose_memory_cannot_be_verified_gets_unknown_callers_and_one_line_why(
     }
     let note = report["notes"][0].as_str().unwrap();
     assert_eq!(note, format!("{total} of {total} exits (100.00%) have an unknown caller ([unknown]): no guest memory map could be verified: {why}"));
+}
+
+/// With a QMP socket the layout comes from QMP (`pc.ram` in two pieces around the VGA/BIOS
+/// hole), still checked against the image.
+#[test]
+fn with_a_qmp_socket_the_layout_comes_from_qmp_and_is_verified() {
+    require_qemu();
+    let dir = tmpdir();
+    let elf = guest_elf(dir.path());
+    let disk = dir.path().join("disk.img");
+    zeroed_disk(&disk);
+    let sock = dir.path().join("qmp.sock");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let qemu = Qemu::start_with(&elf, &disk, "workload=disk-write count=1 wait=serial", &["-qmp", &qmp]);
+    // Booted: QEMU's main loop (which answers QMP) is not busy initialising the machine.
+    wait_for(&qemu.console, "@@waiting", BOOT_LIMIT, "QEMU guest boot");
+    let rec = dir.path().join("qmp.kvmprof");
+    let (record, err) = start_record(qemu.pid(), &rec, &["--duration", "1"]);
+    finish_record(record, err);
+    match recording::load(&rec).unwrap().meta.guest_memory {
+        Some(GuestMemoryOrigin::Verified(how)) => {
+            assert!(how.contains("64 MiB, 2 region(s), from QMP's pc.ram layout), verified: guest-physical 0x100000.."), "{how}")
+        }
+        other => panic!("QMP's layout was not used and verified: {other:?}"),
+    }
 }
 
 /// `report --by vm`: every VM of an all-VM recording, by process, with its name.

@@ -157,7 +157,9 @@ fn qmp_unix_path(args: &QemuArgs) -> Option<PathBuf> {
 
 fn qmp_hmp(path: &Path, commands: &[&str]) -> Result<Vec<String>, String> {
     let s = UnixStream::connect(path).map_err(|e| format!("cannot connect to QMP socket {}: {e}", path.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    // QEMU answers from its main loop: allow for a loaded host, but not forever (a QMP
+    // socket takes one client at a time; a busy one is a fallback to /proc, not a hang).
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
@@ -190,10 +192,25 @@ fn hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
 }
 
-/// Parses `info mtree -f`'s first flat view (the system address space) and `info ramblock`.
+/// Parses the flat view of the system address space (`AS "memory"`) in `info mtree -f` and
+/// `info ramblock`. Once firmware has programmed the PAM registers, the views are listed in
+/// another order and pc.ram comes in more pieces: contiguous pieces are merged, and at most
+/// [`MAX_REGIONS`] of the largest are kept.
 fn parse_qmp_layout(mtree: &str, ramblock: &str) -> Option<QmpLayout> {
-    let mut ranges = Vec::new();
-    for line in mtree.lines().skip_while(|l| !l.starts_with("FlatView #0")).skip(1).take_while(|l| !l.starts_with("FlatView")) {
+    let mut ranges: Vec<(u64, u64, u64)> = Vec::new();
+    let mut system = false;
+    for line in mtree.lines() {
+        if line.starts_with("FlatView") {
+            system = false;
+            continue;
+        }
+        if line.contains("AS \"memory\"") {
+            system = true;
+            continue;
+        }
+        if !system {
+            continue;
+        }
         // "  00000000000c0000-0000000003ffffff (prio 0, ram): pc.ram @00000000000c0000 KVM"
         let l = line.trim();
         let Some((range, rest)) = l.split_once(' ') else { continue };
@@ -208,7 +225,15 @@ fn parse_qmp_layout(mtree: &str, ramblock: &str) -> Option<QmpLayout> {
         let offset = w.next().and_then(|o| o.strip_prefix('@')).and_then(hex).unwrap_or(0);
         let (a, b) = range.split_once('-')?;
         let (a, b) = (hex(a)?, hex(b)?);
-        ranges.push((a, b - a + 1, offset));
+        match ranges.last_mut() {
+            Some((pa, ps, po)) if *pa + *ps == a && *po + *ps == offset => *ps += b - a + 1,
+            _ => ranges.push((a, b - a + 1, offset)),
+        }
+    }
+    if ranges.len() > MAX_REGIONS {
+        ranges.sort_by_key(|r| std::cmp::Reverse(r.1));
+        ranges.truncate(MAX_REGIONS);
+        ranges.sort();
     }
     let block_size = ramblock.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -261,14 +286,18 @@ pub fn discover(pid: u32) -> Result<Found, String> {
         }
         let mut map = GuestMemMap::default();
         let regions: Vec<MemRegion> = match layout {
-            Some(l) => l.ranges.iter().take(MAX_REGIONS).map(|(a, s, off)| MemRegion { guest_phys: *a, size: *s, host_virt: m.start + off }).collect(),
+            Some(l) => l.ranges.iter().map(|(a, s, off)| MemRegion { guest_phys: *a, size: *s, host_virt: m.start + off }).collect(),
             None => vec![MemRegion { guest_phys: 0, size: size.min(LOW_RAM_LIMIT), host_virt: m.start }],
         };
         for (i, r) in regions.iter().enumerate() {
             map.regions[i] = *r;
         }
         map.count = regions.len() as u32;
-        let from = if layout.is_some() { "QMP's pc.ram layout".to_string() } else { format!("/proc/{pid}/maps") };
+        let from = match (&qmp, layout) {
+            (_, Some(_)) => "QMP's pc.ram layout".to_string(),
+            (Some(Err(e)), None) => format!("/proc/{pid}/maps; QMP not used: {e}"),
+            _ => format!("/proc/{pid}/maps"),
+        };
         return Ok(Found {
             map,
             how: format!(
@@ -298,7 +327,7 @@ mod tests {
 
     #[test]
     fn qmp_layout_is_read_from_mtree_and_ramblock() {
-        let mtree = "FlatView #0\n AS \"memory\", root: system\n Root memory region: system\n  0000000000000000-000000000009ffff (prio 0, ram): pc.ram KVM\n  00000000000a0000-00000000000bffff (prio 1, i/o): vga-lowmem\n  00000000000c0000-0000000003ffffff (prio 0, ram): pc.ram @00000000000c0000 KVM\n  00000000fd000000-00000000fdffffff (prio 1, ram): vga.vram KVM\n\nFlatView #1\n  0000000000000000-0000000003ffffff (prio 0, ram): pc.ram KVM\n";
+        let mtree = "FlatView #0\n AS \"I/O\", root: io\n  0000000000000000-0000000000000007 (prio 0, i/o): dma-chan\n\nFlatView #1\n AS \"memory\", root: system\n Root memory region: system\n  0000000000000000-000000000007ffff (prio 0, ram): pc.ram KVM\n  0000000000080000-000000000009ffff (prio 0, ram): pc.ram @0000000000080000 KVM\n  00000000000a0000-00000000000bffff (prio 1, i/o): vga-lowmem\n  00000000000c0000-0000000003ffffff (prio 0, ram): pc.ram @00000000000c0000 KVM\n  00000000fd000000-00000000fdffffff (prio 1, ram): vga.vram KVM\n\nFlatView #2\n  0000000000000000-0000000003ffffff (prio 0, ram): pc.ram KVM\n";
         let ramblock = "              Block Name    PSize              Offset               Used              Total\n                  pc.ram    4 KiB  0x0000000000000000 0x0000000004000000 0x0000000004000000\n";
         let l = parse_qmp_layout(mtree, ramblock).unwrap();
         assert_eq!(l.ranges, vec![(0, 0xa0000, 0), (0xc0000, 0x3f40000, 0xc0000)]);
