@@ -225,7 +225,7 @@ fn by_caller_groups_trap_and_caller_and_counts_unknown_callers() {
         assert_eq!(r.mean_ns, EXIT_NS);
         assert_eq!((r.p50_ns, r.p99_ns), (hist_bucket_value(hist_bucket(EXIT_NS)), hist_bucket_value(hist_bucket(EXIT_NS))));
     }
-    assert_eq!(rep.notes, vec![Note::UnknownCallers { unknown: 3, total: 17 }]);
+    assert_eq!(rep.notes, vec![Note::UnknownCallers { unknown: 3, total: 17, why: None }]);
     assert!(note_text(&rep.notes[0]).starts_with("3 of 17 exits (17.65%) have an unknown caller"), "{:?}", rep.notes);
     let table = render(&rep, Format::Table, None);
     for col in ["Trap address", "Trap function", "Caller address", "Caller function", "[unknown]", "3 of 17 exits"] {

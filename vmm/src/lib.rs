@@ -60,13 +60,23 @@
 //! by its PM timer over that phase.
 
 //!
+//! ## The same guest under QEMU
+//!
+//! The guest ELF carries a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`), so
+//! `qemu-system-x86_64 -enable-kvm -kernel guest.elf -append "workload=disk-write count=100"`
+//! boots it (32-bit entry, its own identity page tables, long mode) and it runs the same
+//! workloads on QEMU's PIIX IDE, PIT, PIC, ACPI PM timer (port from the FADT) and 16550,
+//! ending through `-device isa-debug-exit,iobase=0xf4,iosize=0x04` (status `(s << 1) | 1`).
+//! The command line takes tinyvmm's `run` flags without dashes (`vmm/guest/src/cmdline.rs`);
+//! `batch-pio` finds tinyvmm's doorbell absent and falls back to plain port I/O, saying so.
+//! tinyvmm's own boot (64-bit entry at `_start`, `BootParams`) is unchanged.
+//!
 //! ## Limitations
 //!
 //! - IRQ0 is injected at the next exit after it is due (a halted guest is woken on time);
 //!   there is no signal kick for a guest that computes for long stretches without exits.
 //!   Periods that pass while the VMM is late are dropped and counted
 //!   (`timer.irq0_missed_periods`), never delivered as extra ticks.
-//! - The bundled guest boots only under tinyvmm (no multiboot header / PVH note yet).
 
 pub mod abi;
 pub mod boot;

@@ -22,6 +22,8 @@ pub enum GroupBy {
     Vcpu,
     /// One row per trap address and caller: the paper's Table 3.
     Caller,
+    /// One row per VM process (its PID and name).
+    Vm,
 }
 
 impl GroupBy {
@@ -33,6 +35,7 @@ impl GroupBy {
             GroupBy::Port => "port",
             GroupBy::Vcpu => "vcpu",
             GroupBy::Caller => "caller",
+            GroupBy::Vm => "vm",
         }
     }
 }
@@ -81,13 +84,16 @@ pub struct Row {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub caller: Option<Caller>,
+    /// `--by vm`: the VM process's PID and name (`None` if the recording does not know it).
+    pub vm: Option<(u32, Option<String>)>,
 }
 
 /// Something a report must say besides its rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
     /// `--by caller`: exits whose caller could not be read.
-    UnknownCallers { unknown: u64, total: u64 },
+    /// `why`: the recording's reason no guest memory map could be verified, if it has one.
+    UnknownCallers { unknown: u64, total: u64, why: Option<String> },
     /// Exits still open when recording stopped.
     Unfinished(u64),
     /// Streamed records the ring buffer had no room for: in total, per CPU (when the record
@@ -148,6 +154,7 @@ enum Key {
     Port(u16, Direction),
     Thread(u32, u32),
     Caller(u64, Option<u64>, Reason),
+    Vm(u32),
 }
 
 struct Acc {
@@ -175,6 +182,7 @@ pub fn build(profile: &Profile, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Str
             },
             GroupBy::Vcpu => Key::Thread(e.tgid, e.tid),
             GroupBy::Caller => Key::Caller(e.rip, e.caller, e.reason),
+            GroupBy::Vm => Key::Vm(e.tgid),
         };
         let acc = groups.entry(key).or_insert_with(|| Acc { first: first_row(profile, e, by, &mut func, resolve), hist: [0; HIST_BUCKETS], top_rip: None });
         let row = &mut acc.first;
@@ -227,6 +235,7 @@ fn first_row(profile: &Profile, e: &Exit, by: GroupBy, func: &mut dyn FnMut(u64)
         p50_ns: 0,
         p99_ns: 0,
         caller: None,
+        vm: None,
     };
     match by {
         GroupBy::Rip => {
@@ -242,6 +251,10 @@ fn first_row(profile: &Profile, e: &Exit, by: GroupBy, func: &mut dyn FnMut(u64)
             row.rip = Some(e.rip);
             row.function = func(e.rip);
             row.caller = Some(Caller { rip: e.caller, function: e.caller.and_then(|c| super::callers::caller_function(c, resolve)) });
+        }
+        GroupBy::Vm => {
+            let name = profile.threads.values().filter(|t| t.tgid == e.tgid).find_map(|t| t.vm_name.clone());
+            row.vm = Some((e.tgid, name));
         }
         GroupBy::Reason | GroupBy::Port => {}
     }
@@ -262,7 +275,11 @@ fn notes(profile: &Profile, by: GroupBy) -> Vec<Note> {
     let mut notes = Vec::new();
     if by == GroupBy::Caller {
         let (unknown, total) = super::callers::unknown_callers(&profile.exits);
-        notes.push(Note::UnknownCallers { unknown, total });
+        let why = match &profile.meta.guest_memory {
+            Some(crate::model::GuestMemoryOrigin::Unverified(why)) => Some(why.clone()),
+            _ => None,
+        };
+        notes.push(Note::UnknownCallers { unknown, total, why });
     }
     let timed: u64 = profile.exits.iter().map(|e| e.stats.hist.iter().sum::<u64>()).sum();
     let total = profile.total_exits();

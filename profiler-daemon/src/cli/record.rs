@@ -57,7 +57,11 @@ pub struct RecordArgs {
     /// The VMM's guest memory map, for caller attribution (`report --by caller`): JSON
     /// {"pid":N,"regions":[{"guest_phys":"0x0","size":N,"host_virt":"0x7f.."}]}, as written by
     /// `tinyvmm run --memory-map FILE`. Not needed for `-- tinyvmm run ...` (kvmprof asks
-    /// tinyvmm for it); with a command, kvmprof waits for the command to write it.
+    /// tinyvmm for it); with a command, kvmprof waits for the command to write it. Not needed
+    /// for QEMU either: kvmprof finds its guest RAM in /proc/PID/maps (with QMP's layout when
+    /// QEMU has `-qmp unix:PATH,server=on,wait=off`) and uses it only once QEMU's `-kernel`
+    /// image is found there byte for byte; else callers are [unknown] and the recording says
+    /// why. This FILE overrides both.
     #[arg(long, value_name = "FILE")]
     guest_memory_map: Option<PathBuf>,
     /// Run detection for `kvmprof advise`: an I/O exit at most this long after the previous

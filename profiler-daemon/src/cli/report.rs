@@ -25,6 +25,9 @@ pub enum GroupByArg {
     Vcpu,
     /// One row per trap address and caller: the paper's Table 3.
     Caller,
+    /// One row per VM process, named by its `-name` (QEMU) / `--name` (tinyvmm) or its
+    /// process name: for recordings of several VMs (`record` without --pid or a command).
+    Vm,
 }
 
 impl From<GroupByArg> for GroupBy {
@@ -36,6 +39,7 @@ impl From<GroupByArg> for GroupBy {
             GroupByArg::Port => GroupBy::Port,
             GroupByArg::Vcpu => GroupBy::Vcpu,
             GroupByArg::Caller => GroupBy::Caller,
+            GroupByArg::Vm => GroupBy::Vm,
         }
     }
 }

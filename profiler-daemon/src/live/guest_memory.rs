@@ -11,9 +11,12 @@
 //!   starts, and opening a pipe blocks until kvmprof is reading, so the map reaches the kernel
 //!   within microseconds of being written, before the guest's first instruction in practice.
 //!   (A regular file would have to be polled: exits in the polling gap would lose callers.)
+//! - QEMU without a map (`record -- qemu-system-x86_64 ...` or `--pid` of a QEMU): found in
+//!   its `/proc/PID/maps` (with QMP's layout when it has a `-qmp unix:` socket) and used only
+//!   once verified against its `-kernel` image (`qemu_memory`); else callers are `[unknown]`
+//!   and the recording says why.
 //! - Other VMMs without a map: callers are `[unknown]`. Guessing from /proc/PID/maps (the
-//!   largest shared anonymous mapping) is not reliable with several RAM regions, so it is not
-//!   done.
+//!   largest shared anonymous mapping) without anything to check it against is not done.
 //!
 //! The in-kernel reader (eBPF) does the real work at each exit; this module's
 //! `/proc/PID/mem` reader uses the same translation code (`profiler_common::guest`) to check
@@ -130,6 +133,9 @@ pub enum MapSource {
     File { path: PathBuf, wait_for_change: bool },
     /// kvmprof's own named pipe, handed to tinyvmm as `--memory-map`.
     Fifo { dir: PathBuf, path: PathBuf },
+    /// A QEMU: found in its /proc/PID/maps and verified (`qemu_memory`); with `--pid`,
+    /// already found before recording starts, so it is in the kernel from the first exits.
+    Qemu(Option<super::qemu_memory::Found>),
 }
 
 impl MapSource {
@@ -138,6 +144,7 @@ impl MapSource {
             MapSource::None => "none".into(),
             MapSource::File { path, .. } => path.display().to_string(),
             MapSource::Fifo { .. } => "tinyvmm --memory-map".into(),
+            MapSource::Qemu(_) => "QEMU's /proc/PID/maps, verified".into(),
         }
     }
 }
@@ -150,6 +157,15 @@ pub fn prepare(command: &[String], user_map: Option<&Path>, pid: Option<u32>) ->
             bail!("guest memory map {} does not exist", path.display());
         }
         return Ok((command.to_vec(), MapSource::File { path: path.to_path_buf(), wait_for_change: pid.is_none() }));
+    }
+    let is_qemu = match (command.first(), pid) {
+        (Some(c), _) => super::qemu_memory::is_qemu(Path::new(c)),
+        (None, Some(p)) => super::qemu_memory::pid_is_qemu(p),
+        (None, None) => false,
+    };
+    if is_qemu {
+        let found = pid.and_then(|p| super::qemu_memory::discover(p).ok());
+        return Ok((command.to_vec(), MapSource::Qemu(found)));
     }
     let is_tinyvmm = command.first().and_then(|c| Path::new(c).file_name()).is_some_and(|n| n == "tinyvmm") && command.get(1).is_some_and(|s| s == "run");
     if !is_tinyvmm {
@@ -188,6 +204,10 @@ pub enum FeedStatus {
     Set { regions: u32 },
     NeverArrived,
     Failed(String),
+    /// Found automatically (QEMU) and verified: how, in one line.
+    Found { regions: u32, how: String },
+    /// Nothing verifiable was found (QEMU): why, in one line. Callers are `[unknown]`.
+    Unverified(String),
 }
 
 /// Reads the map (waiting for it if needed), checks it against the process and stores it in
@@ -220,6 +240,21 @@ impl Feeder {
     pub fn start(source: MapSource, mut writer: GuestMemoryMap, tgid: u32) -> Result<Feeder> {
         let source = Arc::new(source);
         let stop = Arc::new(AtomicBool::new(false));
+        if let MapSource::Qemu(found) = &*source {
+            // A running QEMU (`--pid`) usually verified before the session started: the map
+            // goes into the kernel at once.
+            if let Some(found) = found {
+                writer.set(tgid, &found.map)?;
+                let (regions, how) = (found.map.count, found.how.clone());
+                let thread = std::thread::spawn(move || FeedStatus::Found { regions, how });
+                return Ok(Feeder { source, stop, thread: Some(thread) });
+            }
+            let thread = std::thread::spawn({
+                let stop = Arc::clone(&stop);
+                move || feed_qemu(writer, tgid, &stop)
+            });
+            return Ok(Feeder { source, stop, thread: Some(thread) });
+        }
         if let MapSource::File { path, wait_for_change: false } = &*source {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read guest memory map {}", path.display()))?;
             let n = install(&text, &path.display().to_string(), tgid, &mut writer)?;
@@ -241,7 +276,7 @@ impl Feeder {
             // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
             unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
             let r = match &*src {
-                MapSource::None => return FeedStatus::NoSource,
+                MapSource::None | MapSource::Qemu(_) => return FeedStatus::NoSource,
                 // Blocks until tinyvmm opens the pipe, then reads to its close.
                 MapSource::Fifo { path, .. } => std::fs::read_to_string(path).ok().filter(|t| !t.is_empty()).map(|t| install(&t, "from tinyvmm", tgid, &mut writer)),
                 MapSource::File { path, .. } => poll_file(path, initial, &stop2).map(|t| install(&t, &path.display().to_string(), tgid, &mut writer)),
@@ -293,6 +328,25 @@ trait NonBlock {
 impl NonBlock for std::fs::OpenOptions {
     fn custom_flags_nonblock(&mut self) -> &mut Self {
         std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NONBLOCK)
+    }
+}
+
+/// Tries to find and verify QEMU's map until it succeeds or recording stops (a QEMU started
+/// by kvmprof has no guest in RAM until its loader ran; a multiboot image is copied in by
+/// firmware a few seconds later).
+fn feed_qemu(mut writer: GuestMemoryMap, tgid: u32, stop: &AtomicBool) -> FeedStatus {
+    loop {
+        let why = match super::qemu_memory::discover(tgid) {
+            Ok(found) => match writer.set(tgid, &found.map) {
+                Ok(()) => return FeedStatus::Found { regions: found.map.count, how: found.how },
+                Err(e) => format!("{e:#}"),
+            },
+            Err(why) => why,
+        };
+        if stop.load(Ordering::Relaxed) {
+            return FeedStatus::Unverified(why);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

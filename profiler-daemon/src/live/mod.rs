@@ -5,6 +5,7 @@ pub mod btf;
 pub mod command;
 mod error;
 pub mod guest_memory;
+pub mod qemu_memory;
 pub mod record;
 pub mod session;
 pub mod targets;

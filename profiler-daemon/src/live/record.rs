@@ -13,7 +13,7 @@ use super::session::{detect_source, Session, SessionConfig, Target};
 use super::targets::check_vm_pid;
 use super::{require_root, tracefs};
 use crate::model::record_stream::{self, StreamInfo, StreamWriter};
-use crate::model::{recording, Profile, Source};
+use crate::model::{recording, GuestMemoryOrigin, Profile, Source};
 
 pub struct RecordOptions {
     pub output: PathBuf,
@@ -119,6 +119,11 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     if let Some(Ok(info)) = &stream_status {
         rec.records_file = Some(info.clone());
     }
+    match &map_status {
+        Some((_, FeedStatus::Found { how, .. })) => rec.meta.guest_memory = Some(GuestMemoryOrigin::Verified(how.clone())),
+        Some((_, FeedStatus::Unverified(why))) => rec.meta.guest_memory = Some(GuestMemoryOrigin::Unverified(why.clone())),
+        _ => {}
+    }
     recording::save(&rec, &opts.output)?;
     if let Some(Err(e)) = stream_status {
         return Err(e.context(format!("{} is saved without its records", opts.output.display())));
@@ -129,6 +134,7 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     match map_status {
         // The recording is saved; a bad map is still an error the user must see.
         Some((what, FeedStatus::Failed(e))) => bail!("callers are unknown: {e} (map: {what})"),
+        Some((_, FeedStatus::Unverified(why))) if !opts.quiet => eprintln!("kvmprof: warning: callers are [unknown]: {why}"),
         Some((what, FeedStatus::NeverArrived)) if !opts.quiet => {
             eprintln!("kvmprof: warning: the guest memory map ({what}) never arrived: callers are unknown")
         }

@@ -176,6 +176,11 @@ struct KernelThread {
     slot: Option<u32>,
 }
 
+/// A vCPU thread's description, with its VM's name read now.
+fn thread_info(state: &ThreadState) -> ThreadInfo {
+    ThreadInfo { vm_name: super::targets::vm_name(state.tgid), ..ThreadInfo::from_comm(state.tgid, &state.comm) }
+}
+
 impl Session {
     /// Loads the programs of `cfg.source`, attaches them, and opens the counted window, with
     /// the source's default run gap ([`default_max_gap_ns`]).
@@ -341,6 +346,9 @@ impl Session {
         for t in self.kernel_threads().unwrap_or_default() {
             seen = true;
             missing |= t.state.vcpu_ptr == 0;
+            // Named while the VM still runs: a VM that ends before the recording does keeps
+            // its name (`report --by vm`).
+            self.known_threads.entry(t.tid).or_insert_with(|| thread_info(&t.state));
         }
         let want = !seen || missing;
         let Some(ebpf) = self.ebpf.as_mut() else { return };
@@ -516,7 +524,7 @@ impl Session {
         }
         let mut states: Vec<ThreadState> = Vec::new();
         for t in self.kernel_threads()? {
-            self.known_threads.entry(t.tid).or_insert_with(|| ThreadInfo::from_comm(t.state.tgid, &t.state.comm));
+            self.known_threads.entry(t.tid).or_insert_with(|| thread_info(&t.state));
             states.push(t.state);
         }
         for (tid, info) in self.known_threads.iter_mut() {
@@ -559,6 +567,7 @@ impl Session {
             exit_keys_full: count(counter::EXIT_KEYS_FULL)?,
             threads_full: count(counter::THREADS_FULL)?,
             unfinished_exits: 0,
+            guest_memory: None,
         };
         agg.runs_lost = count(counter::RUNS_FULL)?;
         // A key no kvmprof program writes would be a bug in the programs: count it as lost.

@@ -29,3 +29,15 @@ pub fn is_vm(pid: u32) -> bool {
 pub fn thread_alive(tgid: u32, tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
 }
+
+/// A VM process's name for `report --by vm`: its `-name`/`--name` (QEMU's `-name guest=X,...`
+/// or `-name X,...`, tinyvmm's `--name X`), else its `comm`. None once it has exited.
+pub fn vm_name(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let named = args.iter().position(|a| a == "-name" || a == "--name").and_then(|i| args.get(i + 1)).map(|v| {
+        let first = v.split(',').next().unwrap_or(v);
+        v.split(',').find_map(|kv| kv.strip_prefix("guest=")).unwrap_or(first).to_string()
+    });
+    named.filter(|n| !n.is_empty()).or_else(|| fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string()))
+}

@@ -8,4 +8,4 @@ pub mod record_stream;
 pub mod recording;
 
 pub use exit::{Access, Direction, Exit, Isa, Reason, Source};
-pub use profile::{Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
+pub use profile::{GuestMemoryOrigin, Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};

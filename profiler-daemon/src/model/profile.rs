@@ -32,6 +32,18 @@ pub struct Meta {
     /// Exits still open when recording stopped (e.g. a final HLT), charged with the time
     /// measured until then.
     pub unfinished_exits: u64,
+    /// How the guest memory map for callers was found (QEMU, automatically), or why none
+    /// could be verified (then callers are `[unknown]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_memory: Option<GuestMemoryOrigin>,
+}
+
+/// [`Meta::guest_memory`]: one line each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestMemoryOrigin {
+    Verified(String),
+    Unverified(String),
 }
 
 /// A traced thread (a vCPU thread of a VMM).
@@ -43,6 +55,10 @@ pub struct ThreadInfo {
     /// The thread had exited when the profile was taken.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ended: bool,
+    /// The name of the VM process the thread belongs to (`-name`, else its comm), read when
+    /// the thread was first seen (`report --by vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
 }
 
 impl ThreadInfo {
@@ -55,7 +71,7 @@ impl ThreadInfo {
             .strip_prefix("vcpu")
             .or_else(|| comm.strip_prefix("CPU ").and_then(|r| r.strip_suffix("/KVM")))
             .and_then(|n| n.parse().ok());
-        ThreadInfo { tgid, comm, vcpu, ended: false }
+        ThreadInfo { tgid, comm, vcpu, ended: false, vm_name: None }
     }
 }
 

@@ -19,10 +19,13 @@ pub enum Format {
 /// The sentence a note prints.
 pub fn note_text(n: &Note) -> String {
     match n {
-        Note::UnknownCallers { unknown, total } => {
+        Note::UnknownCallers { unknown, total, why } => {
             let pct = if *total > 0 { 100.0 * *unknown as f64 / *total as f64 } else { 0.0 };
             let mut s = format!("{unknown} of {total} exits ({pct:.2}%) have an unknown caller ([unknown])");
-            if *unknown > 0 {
+            if let (true, Some(why)) = (*unknown > 0, why) {
+                s.push_str(": no guest memory map could be verified: ");
+                s.push_str(why);
+            } else if *unknown > 0 {
                 s.push_str(
                     ": no guest memory map for the VMM (record with --guest-memory-map, or run tinyvmm under kvmprof), \
                      exits before the map was known, or a frame that could not be read (no frame pointer, page not present, \
@@ -65,6 +68,10 @@ struct JsonRow<'a> {
     p99_ns: u64,
     caller_rip: Option<String>,
     caller_function: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm: Option<&'a str>,
 }
 
 impl<'a> JsonRow<'a> {
@@ -85,6 +92,8 @@ impl<'a> JsonRow<'a> {
             p99_ns: r.p99_ns,
             caller_rip: r.caller.as_ref().and_then(|c| c.rip).map(hex),
             caller_function: r.caller.as_ref().and_then(|c| c.function.as_deref()),
+            pid: r.vm.as_ref().map(|v| v.0),
+            vm: r.vm.as_ref().and_then(|v| v.1.as_deref()),
         }
     }
 }
@@ -165,6 +174,7 @@ fn table(rep: &Report, rows: &[Row]) -> String {
     let mut s = header_line(rep);
     let first = match rep.by {
         GroupBy::Vcpu => "vCPU (tid)",
+        GroupBy::Vm => "VM (pid)",
         GroupBy::Port => "Port",
         GroupBy::Reason => "Reason",
         _ => "Trap address",
@@ -176,6 +186,7 @@ fn table(rep: &Report, rows: &[Row]) -> String {
             GroupBy::Vcpu => format!("{} ({})", r.vcpu.map_or("?".into(), |v| v.to_string()), r.tid.unwrap_or(0)),
             GroupBy::Port => r.port.map(|(_, p)| hex(p as u64)).unwrap_or_default(),
             GroupBy::Reason => r.reason.to_string(),
+            GroupBy::Vm => r.vm.as_ref().map(|(pid, name)| format!("{} ({pid})", name.as_deref().unwrap_or("?"))).unwrap_or_default(),
             _ => r.rip.map(hex).unwrap_or_default(),
         };
         let function = match (&r.function, rep.by) {

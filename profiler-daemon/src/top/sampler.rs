@@ -200,7 +200,7 @@ impl Sampler {
             }
         }
         let callers_note = match self.feeder.take().map(|f| f.finish()) {
-            Some(FeedStatus::Failed(e)) => Some(format!("warning: callers are unknown: {e}")),
+            Some(FeedStatus::Failed(e) | FeedStatus::Unverified(e)) => Some(format!("warning: callers are unknown: {e}")),
             _ => None,
         };
         let failed = matches!(self.ended, Some(Ended::Command(s)) if s != 0);

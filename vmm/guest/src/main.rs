@@ -2,14 +2,18 @@
 //! Linux functions the paper found hot (`ide_do_rw_disk`, `timer_interrupt`, `ack_irq`,
 //! `verify_pmtmr_rate`). tinyvmm enters `_start` in 64-bit mode with RDI pointing at a
 //! `BootParams` that selects the workload; the guest reports one `@@result {json}` line
-//! on COM1 and writes its exit status to port 0x501.
+//! on COM1 and writes its exit status to port 0x501. Under QEMU it boots through the PVH
+//! note instead (`pvh.rs`), with the workload on the kernel command line (`cmdline.rs`).
 #![no_std]
 #![no_main]
 
 mod abi;
 mod batch;
+mod cmdline;
 mod ide;
 mod io;
+mod platform;
+mod pvh;
 mod serial;
 mod timer;
 mod workloads;
@@ -34,9 +38,9 @@ global_asm!(
     "__stack_top:",
 );
 
-/// Writes the guest's exit status; tinyvmm stops the VM on it.
+/// Writes the guest's exit status; tinyvmm stops the VM on it (QEMU: `isa-debug-exit`).
 pub fn guest_exit(status: u8) -> ! {
-    io::outb(PORT_EXIT, status);
+    io::outb(platform::exit_port(), status);
     loop {
         // SAFETY: `cli; hlt` at CPL 0 only stops this vCPU (tinyvmm has already ended the
         // run on the exit port); it touches no memory or stack.
@@ -59,6 +63,11 @@ pub unsafe extern "C" fn kmain(params: *const BootParams) -> ! {
         kprint!("@@result {{\"status\":\"error\",\"error\":\"bad boot params\"}}\n");
         guest_exit(2);
     }
+    boot(&p)
+}
+
+/// Everything after the boot protocol, the same on tinyvmm and QEMU.
+fn boot(p: &BootParams) -> ! {
     timer::pic_init();
     timer::pit_init();
     timer::idt_init();
@@ -67,7 +76,7 @@ pub unsafe extern "C" fn kmain(params: *const BootParams) -> ! {
     } else {
         None
     };
-    let status = workloads::run(&p, cal);
+    let status = workloads::run(p, cal);
     guest_exit(status)
 }
 

@@ -1,8 +1,8 @@
 //! Timer path: 8259 PIC, i8254 PIT channel 0, the IDT entry for IRQ0, the ACPI PM timer
 //! and the boot-time PM-timer calibration (`verify_pmtmr_rate`, as in Linux).
 
-use crate::abi::PORT_PMTMR;
 use crate::io::{inb, inl, outb};
+use crate::platform;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,7 +55,7 @@ pub fn pit_read_channel2() -> u16 {
 
 #[inline(always)]
 pub fn pm_read() -> u32 {
-    inl(PORT_PMTMR) & PM_MASK
+    inl(platform::pmtmr_port()) & PM_MASK
 }
 
 /// The EOI routine: a non-specific EOI to the master PIC.
