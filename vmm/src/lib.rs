@@ -71,6 +71,7 @@ pub mod abi;
 pub mod boot;
 pub mod bus;
 pub mod devices;
+pub mod fuzz;
 pub mod hypercall;
 pub mod stats;
 pub mod vcpu;

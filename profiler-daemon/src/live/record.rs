@@ -1,4 +1,5 @@
-//! `kvmprof record`: attach, run or follow the VM, write a recording.
+//! `kvmprof record`: attach, run or follow the VM, write a recording (checkpointed while it
+//! runs: see `checkpoint`).
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::checkpoint::Checkpointer;
 use super::command::GatedChild;
 use super::guest_memory::{self, FeedStatus, Feeder};
 use super::session::{detect_source, Session, SessionConfig, Target};
@@ -79,8 +81,10 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     }
 
     let mut command_status = None;
+    let mut checkpoint = Checkpointer::new(&opts.output);
     loop {
         session.poll();
+        checkpoint.tick(&mut session)?;
         if stop.load(Ordering::Relaxed) {
             break;
         }

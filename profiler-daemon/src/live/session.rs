@@ -478,6 +478,7 @@ impl Session {
             exit_keys_full: count(counter::EXIT_KEYS_FULL)?,
             threads_full: count(counter::THREADS_FULL)?,
             unfinished_exits: 0,
+            partial: false,
         };
         agg.runs_lost = count(counter::RUNS_FULL)?;
         // A key no kvmprof program writes would be a bug in the programs: count it as lost.

@@ -7,7 +7,8 @@
 //!                "tool_version", "kernel", "host", "start_unix_ns", "end_unix_ns",
 //!                "pid": N|null, "command": [..]|null, "command_status": N|null,
 //!                "records_requested": bool, "records_dropped": N, "exit_keys_full": N,
-//!                "threads_full": N, "unfinished_exits": N },
+//!                "threads_full": N, "unfinished_exits": N,
+//!                "partial": true (optional: a checkpoint of a `record` that never finished) },
 //!   "threads": { "<tid>": { "tgid": N, "comm": "vcpu0", "vcpu": N|null, "ended": true (optional) } },
 //!   "exits":   [ { "tgid", "tid", "vcpu": N|null, "isa": "kvm_exit"|"vmx"|"svm", "reason": N,
 //!                  "reason_name", "rip": "0x..", "detail_kind": "none"|"port_in"|"port_out"|
@@ -23,7 +24,7 @@
 //!                         "accesses": [["0xrip", "0xport or gpa"], ...] (the first 16) } ] } }
 //! ```
 //! `runs` (runs of successive I/O exits, `kvmprof advise`) was added within version 2: files
-//! without it read as before, with no run data.
+//! without it read as before, with no run data. So was `meta.partial`: absent means false.
 //! Version 1 (kvmprof before the log-linear histogram) is still read: its `hist` is 32 counts
 //! of log2 buckets (bucket i = [2^i, 2^(i+1)) ns), each moved to the log-linear bucket holding
 //! the value version 1 reported for it (its geometric midpoint), so old percentiles read as
@@ -250,6 +251,27 @@ fn legacy_hist(v: &serde_json::Value) -> Result<[u64; HIST_BUCKETS], String> {
 /// Writes to a temporary file beside `path`, then renames: a crash never leaves half a file,
 /// and an older file at `path` survives a failed write (full disk).
 pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
+    let tmp = path.with_extension("kvmprof-tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        write_to(profile, &mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        RecordingError::Write { path: path.display().to_string(), source }
+    })
+}
+
+/// The recording as the file holds it (what [`save`] writes).
+pub fn to_bytes(profile: &Profile) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_to(profile, &mut v).expect("writing JSON to memory cannot fail");
+    v
+}
+
+fn write_to(profile: &Profile, mut w: impl Write) -> std::io::Result<()> {
     let file = File {
         format: FORMAT.into(),
         version: VERSION,
@@ -259,18 +281,8 @@ pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
         records: profile.records.as_ref().map(|rs| rs.iter().map(|r| [r.start_ns, r.duration_ns, r.exit as u64]).collect()),
         runs: profile.runs.as_ref().map(RunsFile::new),
     };
-    let tmp = path.with_extension("kvmprof-tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut f, &file)?;
-        f.write_all(b"\n")?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        RecordingError::Write { path: path.display().to_string(), source }
-    })
+    serde_json::to_writer(&mut w, &file)?;
+    w.write_all(b"\n")
 }
 
 pub fn load(path: &Path) -> Result<Profile, RecordingError> {

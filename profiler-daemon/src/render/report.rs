@@ -31,6 +31,12 @@ pub fn note_text(n: &Note) -> String {
             }
             s
         }
+        Note::Partial { start_unix_ns, end_unix_ns } => format!(
+            "partial recording: `kvmprof record` stopped without writing its final file (killed, out of memory, or the machine went down); \
+             this is its last checkpoint, {} s of data ending at {} (exits after that are not in it)",
+            secs(end_unix_ns.saturating_sub(*start_unix_ns)),
+            super::utc(*end_unix_ns)
+        ),
         Note::Unfinished(n) => format!("{n} exit(s) were still open when recording stopped (e.g. a final HLT); their time is what was measured before that"),
         Note::RecordsDropped(n) => format!("{n} streamed records were dropped (the totals include them)"),
         Note::PartialHistograms { without, total } => format!(
