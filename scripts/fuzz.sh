@@ -6,7 +6,7 @@
 # fuzz/artifacts/TARGET/. The last lines of each log give the runs, execs/s and coverage.
 #
 # Usage: scripts/fuzz.sh [SECONDS_EACH] [TARGET...]        (default: every target)
-#        scripts/fuzz.sh build                             (only build them)
+#        scripts/fuzz.sh build [FUZZ_CRATE_DIR...]          (only build them)
 # Targets: recording import guest_memory_map serve_config (profiler-daemon/fuzz),
 #          port_io batch_hypercall (vmm/fuzz). Needs: cargo install cargo-fuzz; nightly.
 # The seeds are also replayed through the same harnesses by `cargo test` (tests/fuzz_corpora.rs
@@ -14,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=/var/cache/kvmprof/bin:$PATH
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}/fuzz
+base=${CARGO_TARGET_DIR:-$root/target}
 logs=${FUZZ_LOGS:-$root/target/fuzz-logs}
 mkdir -p "$logs"
 
@@ -25,10 +25,19 @@ dir_of() {
         *) echo "unknown fuzz target $1 (see the usage in $0)" >&2; exit 2 ;;
     esac
 }
+# One target directory per fuzz crate (instrumented builds; the two can build at once).
+target_of() {
+    case $1 in
+        */profiler-daemon/fuzz) echo "$base/fuzz" ;;
+        *) echo "$base/fuzz-vmm" ;;
+    esac
+}
 
 if [ "${1:-}" = build ]; then
-    (cd "$root/profiler-daemon/fuzz" && cargo +nightly fuzz build)
-    (cd "$root/vmm/fuzz" && cargo +nightly fuzz build)
+    shift
+    for d in "${@:-$root/profiler-daemon/fuzz $root/vmm/fuzz}"; do
+        for dd in $d; do (cd "$dd" && CARGO_TARGET_DIR=$(target_of "$dd") cargo +nightly fuzz build); done
+    done
     exit 0
 fi
 
@@ -41,7 +50,7 @@ for t in "${targets[@]}"; do
     mkdir -p "$d/corpus/$t" "$d/artifacts/$t"
     echo "== $t: ${T}s, log $logs/fuzz-$t.log"
     # -max_len 64 KiB: room for a few hundred trace lines or a recording with many exits.
-    (cd "$d" && cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+    (cd "$d" && CARGO_TARGET_DIR=$(target_of "$d") cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$T" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1) >"$logs/fuzz-$t.log" 2>&1 || {
         echo "== $t FAILED: see $logs/fuzz-$t.log and $d/artifacts/$t/"

@@ -97,7 +97,10 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
                 break;
             }
         }
-        if opts.pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+        if let Some(p) = opts.pid.filter(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            if !opts.quiet {
+                eprintln!("kvmprof: PID {p} exited: recording stopped");
+            }
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -8,6 +8,7 @@
 
 mod abi;
 mod batch;
+mod chaos;
 mod ide;
 mod io;
 mod serial;
