@@ -7,6 +7,7 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS_EACH] [TARGET...]        (default: every target)
 #        scripts/fuzz.sh build [FUZZ_CRATE_DIR...]          (only build them)
+#        scripts/fuzz.sh summary                           (the table of the last runs' logs)
 # Targets: recording import guest_memory_map serve_config (profiler-daemon/fuzz),
 #          port_io batch_hypercall (vmm/fuzz). Needs: cargo install cargo-fuzz; nightly.
 # The seeds are also replayed through the same harnesses by `cargo test` (tests/fuzz_corpora.rs
@@ -37,6 +38,22 @@ if [ "${1:-}" = build ]; then
     shift
     for d in "${@:-$root/profiler-daemon/fuzz $root/vmm/fuzz}"; do
         for dd in $d; do (cd "$dd" && CARGO_TARGET_DIR=$(target_of "$dd") cargo +nightly fuzz build); done
+    done
+    exit 0
+fi
+
+# The BENCHMARKS.md table from the logs of the last runs.
+if [ "${1:-}" = summary ]; then
+    echo "| target | seconds | runs | execs/s | coverage (edges) | features | corpus | peak RSS MiB | crashes |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for t in recording import guest_memory_map serve_config port_io batch_hypercall; do
+        f=$logs/fuzz-$t.log
+        [ -f "$f" ] || continue
+        last=$(grep -E "^#[0-9]+[[:space:]]+DONE" "$f" | tail -1)
+        num() { grep -oE "$1" "$f" | grep -oE "[0-9]+$" | tail -1; }
+        field() { echo "$last" | grep -oE "$1 [0-9]+(/[0-9A-Za-z]+)?" | cut -d' ' -f2; }
+        crashes=$(grep -cE "ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|panicked" "$f" || true)
+        echo "| \`$t\` | $(num 'Done [0-9]+ runs in [0-9]+') | $(num 'number_of_executed_units: *[0-9]+') | $(num 'average_exec_per_sec: *[0-9]+') | $(field cov:) | $(field ft:) | $(field corp:) | $(num 'peak_rss_mb: *[0-9]+') | $crashes |"
     done
     exit 0
 fi

@@ -15,8 +15,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-
 use super::session::Session;
 use crate::model::recording;
 
@@ -28,28 +26,38 @@ const MAX_SHARE: u32 = 10;
 pub struct Checkpointer {
     path: PathBuf,
     next: Instant,
-    /// Checkpoints written (for the summary and the tests).
+    /// Checkpoints written.
     pub written: u64,
+    /// A checkpoint failed (and was warned about, once).
+    failed: bool,
 }
 
 impl Checkpointer {
     pub fn new(path: &Path) -> Checkpointer {
-        Checkpointer { path: path.to_path_buf(), next: Instant::now() + INTERVAL, written: 0 }
+        Checkpointer { path: path.to_path_buf(), next: Instant::now() + INTERVAL, written: 0, failed: false }
     }
 
-    /// Writes a checkpoint when one is due. A failed write (full disk) is an error: the
-    /// previous checkpoint, or an older file at the path, is left as it was.
-    pub fn tick(&mut self, session: &mut Session) -> Result<()> {
+    /// Writes a checkpoint when one is due. A failed one (a full disk) leaves the previous
+    /// checkpoint, or an older file at the path, as it was; recording goes on (the disk may
+    /// have room again for the final file), with one warning the first time.
+    pub fn tick(&mut self, session: &mut Session, quiet: bool) {
         let now = Instant::now();
         if now < self.next {
-            return Ok(());
+            return;
         }
-        let mut p = session.snapshot()?;
-        p.meta.partial = true;
-        recording::save(&p, &self.path)?;
-        self.written += 1;
+        let written = session.snapshot().map_err(anyhow::Error::from).and_then(|mut p| {
+            p.meta.partial = true;
+            Ok(recording::save(&p, &self.path)?)
+        });
+        match written {
+            Ok(()) => self.written += 1,
+            Err(e) if !self.failed && !quiet => {
+                self.failed = true;
+                eprintln!("kvmprof: warning: checkpoint not written ({e:#}); recording goes on, the final write may fail too");
+            }
+            Err(_) => self.failed = true,
+        }
         let took = now.elapsed();
         self.next = Instant::now() + INTERVAL.max(took * MAX_SHARE);
-        Ok(())
     }
 }

@@ -84,7 +84,7 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     let mut checkpoint = Checkpointer::new(&opts.output);
     loop {
         session.poll();
-        checkpoint.tick(&mut session)?;
+        checkpoint.tick(&mut session, opts.quiet);
         if stop.load(Ordering::Relaxed) {
             break;
         }
