@@ -213,16 +213,16 @@ fn the_recorded_command_crashing_is_said_in_one_line_and_the_recording_is_kept()
     require_live();
     let dir = tmpdir();
     let out = dir.path().join("crash.kvmprof");
-    // The VMM dies of SIGSEGV mid-run: the shell arms a SEGV for its own PID, then becomes
+    // The VMM dies of SIGABRT mid-run (an abort: a failed assertion, a panic=abort): the shell arms an ABRT for its own PID, then becomes
     // the VMM (exec keeps the PID, so the traced process is the VMM).
-    let script = format!("(sleep 1.5; kill -SEGV $$) & exec {} --outs 100000000 --outs-per-second 2000 >/dev/null", exit_loop());
+    let script = format!("(sleep 1.5; kill -ABRT $$) & exec {} --outs 100000000 --outs-per-second 2000 >/dev/null", exit_loop());
     let o = run(KVMPROF, &["record", "-o", path_str(&out), "--", "sh", "-c", &script]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("kvmprof: note: the command")).collect();
-    assert_eq!(notes, ["kvmprof: note: the command exited with status 139"], "{err}");
+    assert_eq!(notes, ["kvmprof: note: the command exited with status 134"], "{err}");
     let fin = recording::load(&out).unwrap();
-    assert_eq!(fin.meta.command_status, Some(139));
+    assert_eq!(fin.meta.command_status, Some(134));
     assert!(fin.total_exits() > 1000, "{}", fin.total_exits());
 }
 
