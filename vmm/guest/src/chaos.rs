@@ -68,9 +68,10 @@ static mut COUNTS: Counts = Counts { ops: 0, trapped: [0; PORTS.len()], replayed
 static mut QUEUE: [PioEntry; 2 * BATCH_MAX] = [PioEntry { op: 0, size: 0, port: 0, value: 0 }; 2 * BATCH_MAX];
 
 fn counts() -> &'static mut Counts {
+    let c = &raw mut COUNTS;
     // SAFETY: one vCPU, no interrupt handler touches COUNTS; `run` holds the only
     // reference for the whole workload (it calls this once).
-    unsafe { &mut *(&raw mut COUNTS) }
+    unsafe { &mut *c }
 }
 
 /// One trapped access to `PORTS[i]`: size 1, 2 or 4; a read or a write of `v`.
