@@ -49,9 +49,9 @@ if [ "${1:-}" = summary ]; then
     for t in recording import guest_memory_map serve_config port_io batch_hypercall; do
         f=$logs/fuzz-$t.log
         [ -f "$f" ] || continue
-        last=$(grep -E "^#[0-9]+[[:space:]]+DONE" "$f" | tail -1)
-        num() { grep -oE "$1" "$f" | grep -oE "[0-9]+$" | tail -1; }
-        field() { echo "$last" | grep -oE "$1 [0-9]+(/[0-9A-Za-z]+)?" | cut -d' ' -f2; }
+        last=$(grep -E "^#[0-9]+[[:space:]]+DONE" "$f" | tail -1 || true)
+        num() { grep -oE "$1" "$f" | grep -oE "[0-9]+$" | tail -1 || true; }
+        field() { echo "$last" | grep -oE "$1 [0-9]+(/[0-9A-Za-z]+)?" | cut -d' ' -f2 || true; }
         crashes=$(grep -cE "ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|panicked" "$f" || true)
         echo "| \`$t\` | $(num 'Done [0-9]+ runs in [0-9]+') | $(num 'number_of_executed_units: *[0-9]+') | $(num 'average_exec_per_sec: *[0-9]+') | $(field cov:) | $(field ft:) | $(field corp:) | $(num 'peak_rss_mb: *[0-9]+') | $crashes |"
     done
