@@ -8,6 +8,7 @@
 //! exporter (a daemon around one host-wide session);
 //! the command line (clap) is in the binary's `cli` module, not here.
 pub mod analysis;
+pub mod fuzz;
 pub mod demo;
 pub mod import;
 pub mod live;

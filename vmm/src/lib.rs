@@ -82,6 +82,7 @@ pub mod abi;
 pub mod boot;
 pub mod bus;
 pub mod devices;
+pub mod fuzz;
 pub mod hypercall;
 pub mod net;
 pub mod stats;
@@ -128,6 +129,12 @@ pub enum Workload {
     /// enabled, at the programmed 1000 Hz (or what --pit-hz delivers); reports ticks and
     /// sectors/s measured by the guest's PM timer. Needs --disk.
     TimerDisk,
+    /// Reliability: a random stream (seed: COUNT) of port accesses to every device and to
+    /// unclaimed ports, batch hypercalls with random queues (many malformed), and random IDE
+    /// commands, for SECONDS of the guest's PM timer; the guest reports its own counts of
+    /// every access, per port, to compare with --stats-json. Needs --disk (a scratch image:
+    /// it is written at random).
+    Chaos,
 }
 
 impl Workload {
@@ -140,6 +147,7 @@ impl Workload {
             Workload::Hostile => "hostile",
             Workload::TripleFault => "triple-fault",
             Workload::TimerDisk => "timer-disk",
+            Workload::Chaos => "chaos",
         }
     }
 
@@ -152,10 +160,11 @@ impl Workload {
             Workload::Hostile => abi::WL_HOSTILE,
             Workload::TripleFault => abi::WL_TRIPLE_FAULT,
             Workload::TimerDisk => abi::WL_TIMER_DISK,
+            Workload::Chaos => abi::WL_CHAOS,
         }
     }
 
     pub fn needs_disk(self) -> bool {
-        matches!(self, Workload::DiskWrite | Workload::DiskRead | Workload::Hostile | Workload::TimerDisk)
+        matches!(self, Workload::DiskWrite | Workload::DiskRead | Workload::Hostile | Workload::TimerDisk | Workload::Chaos)
     }
 }

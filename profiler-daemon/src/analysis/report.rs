@@ -91,6 +91,9 @@ pub struct Row {
 /// Something a report must say besides its rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
+    /// The recording is the last checkpoint of a `record` that never finished; its data
+    /// spans `start_unix_ns` to `end_unix_ns`.
+    Partial { start_unix_ns: u64, end_unix_ns: u64 },
     /// `--by caller`: exits whose caller could not be read.
     /// `why`: the recording's reason no guest memory map could be verified, if it has one.
     UnknownCallers { unknown: u64, total: u64, why: Option<String> },
@@ -287,6 +290,9 @@ fn notes(profile: &Profile, by: GroupBy) -> Vec<Note> {
         notes.push(Note::PartialHistograms { without: total - timed, total });
     }
     let m = &profile.meta;
+    if m.partial {
+        notes.insert(0, Note::Partial { start_unix_ns: m.start_unix_ns, end_unix_ns: m.end_unix_ns });
+    }
     if m.unfinished_exits > 0 {
         notes.push(Note::Unfinished(m.unfinished_exits));
     }

@@ -2,6 +2,7 @@
 //! trace, tracefs, the kernel's BTF, and the guest memory of a VMM.
 mod batch;
 pub mod btf;
+pub mod checkpoint;
 pub mod command;
 mod error;
 pub mod guest_memory;

@@ -1,4 +1,5 @@
-//! `kvmprof record`: attach, run or follow the VM, write a recording.
+//! `kvmprof record`: attach, run or follow the VM, write a recording (checkpointed while it
+//! runs: see `checkpoint`).
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::checkpoint::Checkpointer;
 use super::command::GatedChild;
 use super::guest_memory::{self, FeedStatus, Feeder};
 use super::session::{detect_source, Session, SessionConfig, Target};
@@ -83,8 +85,10 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
     }
 
     let mut command_status = None;
+    let mut checkpoint = Checkpointer::new(&opts.output);
     loop {
         session.poll();
+        checkpoint.tick(&mut session, opts.quiet);
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -97,7 +101,10 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
                 break;
             }
         }
-        if opts.pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+        if let Some(p) = opts.pid.filter(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            if !opts.quiet {
+                eprintln!("kvmprof: PID {p} exited: recording stopped");
+            }
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

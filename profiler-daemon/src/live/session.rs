@@ -567,6 +567,7 @@ impl Session {
             exit_keys_full: count(counter::EXIT_KEYS_FULL)?,
             threads_full: count(counter::THREADS_FULL)?,
             unfinished_exits: 0,
+            partial: false,
             guest_memory: None,
         };
         agg.runs_lost = count(counter::RUNS_FULL)?;

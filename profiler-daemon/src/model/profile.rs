@@ -32,6 +32,12 @@ pub struct Meta {
     /// Exits still open when recording stopped (e.g. a final HLT), charged with the time
     /// measured until then.
     pub unfinished_exits: u64,
+    /// A checkpoint `kvmprof record` wrote while it ran (live::checkpoint): the final file
+    /// was never written (SIGKILL, OOM, power loss), so the data ends at `end_unix_ns`, when
+    /// the checkpoint was taken. Absent (false) in a finished recording; added within
+    /// format version 2 (older readers ignore it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     /// How the guest memory map for callers was found (QEMU, automatically), or why none
     /// could be verified (then callers are `[unknown]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

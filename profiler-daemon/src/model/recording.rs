@@ -7,7 +7,8 @@
 //!                "tool_version", "kernel", "host", "start_unix_ns", "end_unix_ns",
 //!                "pid": N|null, "command": [..]|null, "command_status": N|null,
 //!                "records_requested": bool, "records_dropped": N, "exit_keys_full": N,
-//!                "threads_full": N, "unfinished_exits": N },
+//!                "threads_full": N, "unfinished_exits": N,
+//!                "partial": true (optional: a checkpoint of a `record` that never finished) },
 //!   "threads": { "<tid>": { "tgid": N, "comm": "vcpu0", "vcpu": N|null, "ended": true (optional) } },
 //!   "exits":   [ { "tgid", "tid", "vcpu": N|null, "isa": "kvm_exit"|"vmx"|"svm", "reason": N,
 //!                  "reason_name", "rip": "0x..", "detail_kind": "none"|"port_in"|"port_out"|
@@ -29,7 +30,7 @@
 //! `records` array; `name` is relative to the recording's directory (or absolute). A file
 //! without `records_file` is written as version 2, so older kvmprof still reads it.
 //! `runs` (runs of successive I/O exits, `kvmprof advise`) was added within version 2: files
-//! without it read as before, with no run data.
+//! without it read as before, with no run data. So was `meta.partial`: absent means false.
 //! Version 1 (kvmprof before the log-linear histogram) is still read: its `hist` is 32 counts
 //! of log2 buckets (bucket i = [2^i, 2^(i+1)) ns), each moved to the log-linear bucket holding
 //! the value version 1 reported for it (its geometric midpoint), so old percentiles read as
@@ -273,6 +274,29 @@ fn legacy_hist(v: &serde_json::Value) -> Result<[u64; HIST_BUCKETS], String> {
 /// Writes to a temporary file beside `path`, then renames: a crash never leaves half a file,
 /// and an older file at `path` survives a failed write (full disk).
 pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
+    let tmp = path.with_extension("kvmprof-tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        write_to(profile, path, &mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        RecordingError::Write { path: path.display().to_string(), source }
+    })
+}
+
+/// The recording as the file holds it (what [`save`] writes, for a file in the current
+/// directory).
+pub fn to_bytes(profile: &Profile) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_to(profile, Path::new("recording.kvmprof"), &mut v).expect("writing JSON to memory cannot fail");
+    v
+}
+
+/// Writes the recording that will be at `path` (a record stream is named relative to it).
+fn write_to(profile: &Profile, path: &Path, mut w: impl Write) -> std::io::Result<()> {
     let records_file = profile.records_file.as_ref().map(|s| RecordsFileRow {
         name: stream_name(&s.path, path),
         format: RECORDS_FORMAT.into(),
@@ -291,18 +315,8 @@ pub fn save(profile: &Profile, path: &Path) -> Result<(), RecordingError> {
         runs: profile.runs.as_ref().map(RunsFile::new),
         records_file,
     };
-    let tmp = path.with_extension("kvmprof-tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut f, &file)?;
-        f.write_all(b"\n")?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        RecordingError::Write { path: path.display().to_string(), source }
-    })
+    serde_json::to_writer(&mut w, &file)?;
+    w.write_all(b"\n")
 }
 
 /// The stream's name as the recording at `recording` refers to it: relative when the two are

@@ -34,6 +34,12 @@ pub fn note_text(n: &Note) -> String {
             }
             s
         }
+        Note::Partial { start_unix_ns, end_unix_ns } => format!(
+            "partial recording: `kvmprof record` stopped without writing its final file (killed, out of memory, or the machine went down); \
+             this is its last checkpoint, {} s of data ending at {} (exits after that are not in it)",
+            secs(end_unix_ns.saturating_sub(*start_unix_ns)),
+            super::utc(*end_unix_ns)
+        ),
         Note::Unfinished(n) => format!("{n} exit(s) were still open when recording stopped (e.g. a final HLT); their time is what was measured before that"),
         Note::RecordsDropped { dropped, per_cpu, exits } => {
             let cpus: Vec<String> = per_cpu.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, n)| format!("CPU {c}: {n}")).collect();

@@ -57,6 +57,8 @@ pub const WL_PIO_LOOP: u32 = 4;
 pub const WL_HOSTILE: u32 = 5;
 pub const WL_TRIPLE_FAULT: u32 = 6;
 pub const WL_TIMER_DISK: u32 = 7;
+/// A seeded random stream of port accesses, hypercalls and IDE commands (`vmm/guest/src/chaos.rs`).
+pub const WL_CHAOS: u32 = 8;
 
 pub const FLAG_BATCH_PIO: u32 = 1;
 pub const FLAG_SKIP_PMTMR_CALIBRATION: u32 = 2;

@@ -434,6 +434,36 @@ pub struct GuestReport {
     /// hostile: FNV-1a of the LBA 6 sector as read back through batches; 0 if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_u64_16_opt")]
     pub batch_readback: Option<u64>,
+
+    // chaos (vmm/guest/src/chaos.rs): the guest's own counts of what it did.
+    /// chaos: the seed (`--count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_seed: Option<u64>,
+    /// chaos: operations run (a port access, a doorbell, or an IDE command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_ops: Option<u64>,
+    /// chaos: doorbells (port 0x510) by the status returned: [ok, address, count, entry].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_doorbells: Option<[u64; 4]>,
+    /// chaos: entries of the accepted queues (all replayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_entries: Option<u64>,
+    /// chaos: accesses to unclaimed ports, trapped and replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_unclaimed: Option<u64>,
+    /// chaos: doorbells whose status differed from what the hypercall's rules give (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_mismatches: Option<u64>,
+    /// chaos: IDE commands issued (writes of a command byte after a task file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_ide_commands: Option<u64>,
+    /// chaos: trapped accesses (one exit each) per port, the PM-timer reads that time the
+    /// run included; not the doorbells, the console or the exit port.
+    #[serde(default, skip_serializing_if = "PortCounts::is_empty", with = "hex_port_map")]
+    pub chaos_trapped: PortCounts,
+    /// chaos: accesses replayed from accepted queues, per port.
+    #[serde(default, skip_serializing_if = "PortCounts::is_empty", with = "hex_port_map")]
+    pub chaos_replayed: PortCounts,
 }
 
 /// `u64` as a `0x`-prefixed lower-case hex string (`"0x100000"`); parsing takes any

@@ -9,6 +9,7 @@
 
 mod abi;
 mod batch;
+mod chaos;
 mod cmdline;
 mod ide;
 mod io;

@@ -229,6 +229,7 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
             kprint!("}}\n");
         }
         WL_HOSTILE => hostile(p),
+        WL_CHAOS => crate::chaos::run(p),
         WL_TRIPLE_FAULT => {
             kprint!("triple fault: ud2 with no exception handlers\n");
             // SAFETY: on purpose: #UD with no IDT gate for it is a triple fault, which

@@ -1,0 +1,3 @@
+#![no_main]
+//! See profiler_daemon::fuzz::serve_config for the input and the invariant checked.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| profiler_daemon::fuzz::serve_config(data));
