@@ -594,6 +594,7 @@ mod tests {
                       "irq0_missed_periods": 20, "pic_coalesced": 15, "eoi_writes": 0},
             "unclaimed_port_accesses": 0,
             "ide": {"commands": 5, "sectors_read": 0, "sectors_written": 3, "flushes": 1, "errors": 0},
+            "nic": null,
             "guest": {"workload": "disk-write", "status": "ok", "sectors": 3, "requested": 3, "batched": true,
                       "checksum": "0x04be1ef50fc4fc25", "pm_ticks": 82730, "sectors_per_sec": 129,
                       "disk_sectors": 64, "pmtmr_calibrated": false},
@@ -654,6 +655,14 @@ mod tests {
         let mut v = sample();
         v["ide"]["errors"] = json!(-1);
         assert!(serde_json::from_value::<RunStats>(v).is_err(), "counts are unsigned");
+    }
+
+    #[test]
+    fn files_from_before_the_nic_still_read() {
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("nic");
+        let s: RunStats = serde_json::from_value(v).unwrap();
+        assert!(s.nic.is_none());
     }
 
     #[test]
