@@ -108,7 +108,10 @@ pub struct Rtl8139 {
     rcr: u32,
     irq_level: bool,
     pub stats: NicStats,
+    /// Buffers for one transmitted and one received frame, kept so that polling (once per
+    /// VM exit) allocates nothing.
     frame: Vec<u8>,
+    rx_buf: Vec<u8>,
 }
 
 impl Rtl8139 {
@@ -131,6 +134,7 @@ impl Rtl8139 {
             irq_level: false,
             stats: NicStats::default(),
             frame: vec![0; MAX_FRAME + 1],
+            rx_buf: vec![0; MAX_FRAME + 64],
         };
         nic.reset();
         nic
@@ -227,7 +231,7 @@ impl Rtl8139 {
     /// from the VMM's event loop. Returns how many frames were delivered.
     pub fn poll_rx(&mut self) -> usize {
         let mut delivered = 0;
-        let mut buf = vec![0u8; MAX_FRAME + 64];
+        let mut buf = std::mem::take(&mut self.rx_buf);
         while let Ok(Some(n)) = self.backend.recv(&mut buf) {
             if n > MAX_FRAME {
                 self.stats.rx_dropped_oversized += 1;
@@ -237,6 +241,7 @@ impl Rtl8139 {
                 delivered += 1;
             }
         }
+        self.rx_buf = buf;
         self.update_irq();
         delivered
     }
