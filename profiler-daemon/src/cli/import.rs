@@ -44,8 +44,8 @@ pub fn run(a: ImportArgs) -> Result<i32> {
         TextFormatArg::Ftrace => TextFormat::Ftrace,
     };
     let mut opts = ImportOptions { max_gap_ns: a.max_gap, hw: None };
-    let reader: Box<dyn BufRead> = if a.file.as_os_str() == "-" {
-        Box::new(BufReader::with_capacity(READ_BUFFER, std::io::stdin().lock()))
+    let reader: Box<dyn BufRead + Send> = if a.file.as_os_str() == "-" {
+        Box::new(BufReader::with_capacity(READ_BUFFER, std::io::stdin()))
     } else {
         let cannot = || format!("cannot read {}", a.file.display());
         let mut f = std::fs::File::open(&a.file).with_context(cannot)?;
@@ -91,5 +91,7 @@ pub fn run(a: ImportArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Large reads: the text is parsed in place, one line at a time.
-const READ_BUFFER: usize = 1 << 20;
+/// Small: the importer reads blocks of a MiB, which a reader with a smaller buffer passes
+/// straight to the file (no copy through the buffer); the buffer only serves the lookahead
+/// over standard input, which reads a line at a time.
+const READ_BUFFER: usize = 64 << 10;

@@ -111,7 +111,10 @@ pub fn parse(line: &[u8]) -> Option<Event<'_>> {
         let i = memchr::memrchr(b'-', task)?;
         Some((&task[..i], dec_u32(&task[i + 1..])?, None))
     };
-    let (comm, tid, pid) = perf().or_else(dash)?;
+    // At most one form parses whole (perf's last word has no '-', ftrace's tail after the
+    // '-' has no space), so the order only saves time: the likely form first.
+    let ftrace_like = task.iter().rev().find(|c| !c.is_ascii_digit()) == Some(&b'-');
+    let (comm, tid, pid) = if ftrace_like { dash().or_else(perf) } else { perf().or_else(dash) }?;
     Some(Event { comm, tid, tgid: pid.or(tgid), ts_ns, name, args })
 }
 
