@@ -90,8 +90,9 @@ impl Parser {
             let raw = &text[start..end];
             start = end + 1;
             out.lines += 1;
-            let text = line::trim(raw);
-            match self.line(text, &mut last_tid, &mut out.new_threads) {
+            // Parsed untrimmed (the parser finds its fields wherever they are); only a line
+            // that does not parse is trimmed, to tell blank lines and comments.
+            match self.line(raw, &mut last_tid, &mut out.new_threads) {
                 Line::Event(p) => {
                     out.first_ts.get_or_insert(p.ts);
                     out.last_ts = p.ts;
@@ -101,7 +102,7 @@ impl Parser {
                     out.first_ts.get_or_insert(ts);
                     out.last_ts = ts;
                 }
-                Line::Malformed if text.is_empty() || text.starts_with(b"#") => {}
+                Line::Malformed if line::trim(raw).is_empty() || line::trim(raw).starts_with(b"#") => {}
                 Line::Malformed => {
                     out.skipped += 1;
                     if out.skipped_lines.len() < super::SKIPPED_LINES_KEPT {
