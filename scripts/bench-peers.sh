@@ -6,7 +6,8 @@
 # Each round runs it once per mode, the modes in a rotated order (interleaved rounds, so machine
 # noise hits them alike):
 #   none        no tracer
-#   bpftrace    count-only, the floor of any eBPF exit tool: tracepoint:kvm:kvm_pio { @[args->port] = count(); }
+#   bpftrace    count-only, the floor of any eBPF exit tool, for the guest's process as kvmprof --pid:
+#               tracepoint:kvm:kvm_pio /pid == GUEST/ { @[args->port] = count(); }
 #   perf        perf record -e kvm:kvm_pio,kvm:kvm_userspace_exit -p GUEST (every event to a file)
 #   kvmprof     kvmprof record --pid GUEST (in-kernel aggregation)
 #   records     kvmprof record --pid GUEST --records (also every exit through the ring buffer)
@@ -35,7 +36,7 @@ old_stats=$(sysctl -n kernel.bpf_stats_enabled)
 trap 'sysctl -q kernel.bpf_stats_enabled=$old_stats; rm -rf "$tmp"' EXIT
 sysctl -q kernel.bpf_stats_enabled=1
 python3 - "$rounds" "$outs" "$tmp" <<'PY'
-import glob, json, os, signal, statistics, subprocess, sys, time
+import ctypes, glob, json, os, signal, statistics, subprocess, sys, time
 
 rounds, outs, tmp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 KVMPROF, LOOP = os.environ["KVMPROF"], os.environ["LOOP"]
@@ -52,6 +53,14 @@ LABEL = {
     "records": "kvmprof record --records",
     "before": f"kvmprof record (aggregate), {BEFORE}",
 }
+
+# Keep run-time stats on for the whole benchmark even if another process writes 0 to
+# kernel.bpf_stats_enabled meanwhile: BPF_ENABLE_STATS holds its own reference until this
+# process exits (bpf(2), BPF_ENABLE_STATS = 32, type BPF_STATS_RUN_TIME = 0; x86_64 SYS_bpf = 321).
+_attr = (ctypes.c_uint32 * 4)(0, 0, 0, 0)
+STATS_FD = ctypes.CDLL(None, use_errno=True).syscall(321, 32, ctypes.byref(_attr), ctypes.sizeof(_attr))
+if STATS_FD < 0:
+    sys.exit(f"bench-peers: BPF_ENABLE_STATS failed (errno {ctypes.get_errno()})")
 
 def prog_ids(pid):
     ids = set()
@@ -78,7 +87,7 @@ def run(mode, r):
     rec = f"{tmp}/{mode}-{r}.kvmprof"
     tracer = None
     if mode == "bpftrace":
-        prog = "tracepoint:kvm:kvm_pio { @[args->port] = count(); }"
+        prog = f"tracepoint:kvm:kvm_pio /pid == {guest.pid}/ {{ @[args->port] = count(); }}"
         tracer = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert tracer.stdout.readline().startswith("Attaching")
         wait_for(lambda: prog_ids(tracer.pid), "bpftrace's program")
@@ -102,6 +111,8 @@ def run(mode, r):
         ids = prog_ids(tracer.pid)
         shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, check=True).stdout)
         progs = [p for p in shown if p["id"] in ids and p.get("run_cnt")]
+        if not progs or not sum(p.get("run_time_ns", 0) for p in progs):
+            sys.exit(f"bench-peers: {mode}: no bpf_stats run time for its programs (stats off?)")
     guest.stdin.write("\n")
     guest.stdin.flush()
     guest.communicate()

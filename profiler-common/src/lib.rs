@@ -71,6 +71,20 @@ pub mod kvm_exit {
             _ => UNKNOWN,
         }
     }
+
+    /// The reason of a KVM_RUN return read from the vcpu's `struct kvm_run` at `kvm_fpu`
+    /// unload (which has no errno): `immediate_exit` set makes KVM_RUN return -EINTR at once
+    /// without touching `exit_reason` (so: `INTR`, as [`userspace_exit_reason`] gives); every
+    /// other -EINTR path stores `KVM_EXIT_INTR` itself (`kvm_handle_signal_exit`). Other
+    /// errors (-EFAULT, -EAGAIN of a vCPU waiting for SIPI, ...) leave the previous reason
+    /// there, which this cannot tell apart from a new exit of that reason.
+    pub fn run_return_reason(immediate_exit: u8, exit_reason: u32) -> u32 {
+        if immediate_exit != 0 {
+            INTR
+        } else {
+            exit_reason
+        }
+    }
 }
 
 /// `kvm_mmio` tracepoint `type` values (KVM_TRACE_MMIO_*).
@@ -177,7 +191,7 @@ pub struct ExitRecord {
 // the daemon, with recording files: a change must be deliberate, not a side effect.
 const _: () = assert!(core::mem::size_of::<ExitKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 128 + core::mem::size_of::<runs::RunState>());
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 128 + core::mem::size_of::<runs::RunState>() + 56);
 const _: () = assert!(core::mem::size_of::<runs::RunState>() == 304);
 const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
 

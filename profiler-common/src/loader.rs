@@ -7,18 +7,37 @@ pub mod maps {
     /// the switch makes the recorded window start after the last attach and end before the
     /// first detach, so no exit is seen by only some of the programs.
     pub const CONTROL: &str = "CONTROL";
-    /// `PerCpuHashMap<ExitKey, ExitStats>`: the in-kernel aggregation. Preallocated: with
-    /// `BPF_F_NO_PREALLOC` a new key's per-CPU value is allocated in the tracepoint, and that
-    /// allocation fails when the allocator's per-CPU cache runs dry faster than it refills
-    /// (measured: 167 of 1000 new keys lost in a burst of 1000 distinct ports). An ExitStats is
-    /// ~2 KiB, so the map pins EXITS_MAX_ENTRIES × 2 KiB × CPUs (16 MiB per CPU), about what
-    /// the 32-bucket histogram with 65536 entries pinned before.
-    pub const EXITS: &str = "EXITS";
+    /// `CONTROL` indexes.
+    pub mod control {
+        /// 1 while recording (see [`super::CONTROL`]).
+        pub const RECORDING: u32 = 0;
+        /// 1 while the `kvm_userspace_exit` program is attached (set after it is attached,
+        /// cleared before it is detached): a KVM_RUN return of a vCPU whose `kvm_run` is not
+        /// known yet is then left to it, since it has the reason as an argument.
+        pub const USERSPACE_EXIT_ATTACHED: u32 = 1;
+        pub const COUNT: u32 = 2;
+    }
+    /// The in-kernel aggregation is three maps: `EXIT_INDEX`, a `HashMap<ExitKey, u64>` giving
+    /// each exit key its index in `EXIT_STATS`, a `PerCpuArray<ExitStats>` of
+    /// `EXITS_MAX_ENTRIES`; a new key takes a free index from `FREE_EXIT_INDEXES`, a `Queue<u64>`
+    /// the daemon fills with every index at the start and gives an index back to when it
+    /// forgets a key (`Session::forget_processes`). Why not one per-CPU hash map of
+    /// `ExitStats`: a thread caches its last key's index (`ThreadState::stats_key`), so an exit
+    /// of the same key as the thread's previous one is charged with an array access instead of
+    /// a hash lookup (~110 ns here); the stats stay in the map, so every snapshot reads them
+    /// exactly as they are, with nothing held back in a cache.
+    /// All preallocated: a new key never allocates in the tracepoint (with `BPF_F_NO_PREALLOC`,
+    /// 167 of 1000 new keys were lost in a burst of 1000 distinct ports, measured). An
+    /// ExitStats is ~2 KiB, so `EXIT_STATS` pins EXITS_MAX_ENTRIES × 2 KiB × CPUs (16 MiB per
+    /// CPU).
+    pub const EXIT_INDEX: &str = "EXIT_INDEX";
+    pub const EXIT_STATS: &str = "EXIT_STATS";
+    pub const FREE_EXIT_INDEXES: &str = "FREE_EXIT_INDEXES";
     pub const EXITS_MAX_ENTRIES: u32 = 8192;
-    /// `PerCpuHashMap<ExitKey, CountTime>`: exits whose key found `EXITS` full, counted
+    /// `PerCpuHashMap<ExitKey, CountTime>`: exits whose key found no free `EXIT_STATS` index, counted
     /// exactly but without a time histogram. 16-byte values, so 64 Ki keys cost ~6 MiB per CPU:
     /// a guest touching thousands of MMIO addresses (SeaBIOS clearing the VGA framebuffer makes
-    /// ~7 800 keys from one instruction) fills `EXITS` and must not lose the exits after it.
+    /// ~7 800 keys from one instruction) takes every `EXIT_STATS` index and must not lose the exits after it.
     pub const EXITS_OVERFLOW: &str = "EXITS_OVERFLOW";
     pub const EXITS_OVERFLOW_MAX_ENTRIES: u32 = 65536;
     /// `HashMap<u32 tid, ThreadState>`: per vCPU-thread state machine of the threads that have
@@ -137,6 +156,15 @@ pub const EMULATOR_GLOBALS: &[(&str, &[&str], u64)] = &[
 /// `struct kvm_run`, whose `io` member says whether a port exit is a write (see
 /// `ThreadState::on_live_userspace_exit_of_access`).
 pub const VCPU_RUN: &str = "VCPU_RUN";
+/// Global: `offsetof(struct kvm_vcpu, wants_to_run)` (a bool, true from KVM_RUN's start to
+/// its return unless `immediate_exit` was set), or [`NO_OFFSET`] on kernels before 6.10:
+/// a `kvm_fpu` unload outside KVM_RUN (the FPU loaded around an xstate MSR ioctl) is no exit.
+pub const VCPU_WANTS_TO_RUN: &str = "VCPU_WANTS_TO_RUN";
+pub const NO_OFFSET: u32 = u32::MAX;
+/// `offsetof(struct kvm_run, immediate_exit)` and `offsetof(struct kvm_run, exit_reason)`
+/// (uapi/linux/kvm.h): read in one go with `io` at a KVM_RUN return.
+pub const KVM_RUN_IMMEDIATE_EXIT: u64 = 1;
+pub const KVM_RUN_EXIT_REASON: u64 = 8;
 /// `offsetof(struct kvm_run, io)` (uapi/linux/kvm.h, a stable ABI): `{ u8 direction; u8 size;
 /// u16 port; u32 count; u64 data_offset }`, direction `KVM_EXIT_IO_OUT` = 1.
 pub const KVM_RUN_IO: u64 = 32;

@@ -39,7 +39,11 @@ pub struct ThreadState {
     /// ended by "the next instruction started", which changes how [`ThreadState::take_pending`]
     /// ends an exit that never reached user space. 0 for the hw source and the importer.
     pub no_insn_events: u8,
-    pub _pad: [u8; 3],
+    /// 1 from a KVM_RUN return handled at `kvm_fpu` unload until the next re-entry, so that
+    /// `kvm_userspace_exit` (attached only while a vCPU is not known yet) does not handle the
+    /// same return a second time ([`ThreadState::take_return_handled`]).
+    pub return_handled: u8,
+    pub _pad: [u8; 2],
     /// The thread's `struct kvm_vcpu *` (kernel address), as last seen by the raw tracepoint
     /// on `kvm_emulate_insn` / `kvm_exit`: the guest registers are read from it at each exit.
     pub vcpu_ptr: u64,
@@ -50,6 +54,14 @@ pub struct ThreadState {
     pub run_ptr: u64,
     /// The run of successive I/O exits this thread is in ([`crate::runs`]).
     pub run: RunState,
+    /// The key this thread's last exit was charged to and its `EXIT_STATS` index
+    /// (`maps::EXIT_INDEX`), valid when `stats_valid` is 1: the next exit of the same key (a
+    /// loop's port, a string I/O's 256 writes) is charged without the hash lookup (~110 ns).
+    /// The index of a key never changes while the key exists (only the daemon frees it, for a
+    /// process that has ended, whose threads are gone).
+    pub stats_key: ExitKey,
+    pub stats_index: u32,
+    pub stats_valid: u32,
 }
 
 /// A `THREAD_SLOTS` entry (see `maps::THREAD_SLOTS`): the state of thread `tid`, 0 = free.
@@ -271,8 +283,32 @@ impl ThreadState {
         same
     }
 
+    /// Live `kvm:kvm_userspace_exit` while `kvm_fpu` unload may have handled the same KVM_RUN
+    /// return already (both fire there, unload first): true when it did (then skip it), and
+    /// clears the mark either way.
+    pub fn take_return_handled(&mut self) -> bool {
+        let handled = self.return_handled != 0;
+        self.return_handled = 0;
+        handled
+    }
+
+    /// Live `kvm:kvm_fpu` unload at a KVM_RUN return whose `kvm_run` could not be read (the
+    /// vcpu is not known yet) while no `kvm_userspace_exit` program is attached to say why:
+    /// the user-space exit of the pending access if it has not exited yet (what it almost
+    /// always is), else an exit of unknown reason and RIP.
+    pub fn on_live_return_unknown(&mut self, now: u64, t: Thread) -> Option<ExitRecord> {
+        self.return_handled = 1;
+        let p = &mut self.pending;
+        if p.active != 0 && p.exited == 0 && (detail::is_port(p.key.detail_kind) || detail::is_mmio(p.key.detail_kind)) {
+            p.exited = 1;
+            return None;
+        }
+        self.on_live_userspace_exit(now, t, kvm_exit::UNKNOWN, 0)
+    }
+
     /// `kvm:kvm_fpu` load: the thread re-entered KVM_RUN, which ends a user-space exit.
     pub fn on_run_entry(&mut self, now: u64) {
+        self.return_handled = 0;
         let p = &mut self.pending;
         if p.active != 0 && p.exited != 0 && p.end_ns == 0 {
             p.end_ns = now;
@@ -391,6 +427,36 @@ mod tests {
         s.on_run_entry(150);
         let intr = rec(s.take_pending(999));
         assert_eq!((intr.key.reason, intr.key.rip, intr.duration_ns), (INTR, 0x6a, 20));
+    }
+
+    // The live emulated source handles each KVM_RUN return at kvm_fpu unload, from kvm_run:
+    // the port write's own exit is only marked; a HLT begins an exit; kvm_userspace_exit
+    // (attached while a vcpu is not known) skips the returns unload handled, once each.
+    #[test]
+    fn run_return_at_fpu_unload_is_handled_once() {
+        use crate::kvm_exit::{run_return_reason, INTR};
+        assert_eq!(run_return_reason(0, IO), IO);
+        assert_eq!(run_return_reason(1, IO), INTR, "immediate_exit: -EINTR, exit_reason untouched");
+        let mut s = ThreadState::default();
+        assert_eq!(s.on_live_access(100, T, detail::PORT_OUT, 0x80, 0x100e), None);
+        assert!(s.on_live_userspace_exit_of_access(run_return_reason(0, IO), || Some(0x80)));
+        s.return_handled = 1;
+        assert!(s.take_return_handled(), "kvm_userspace_exit skips it");
+        assert!(!s.take_return_handled(), "only once");
+        s.return_handled = 1;
+        s.on_run_entry(140);
+        assert_eq!(s.return_handled, 0, "re-entry clears the mark");
+        // A return the unload could not read: the pending access's exit if it has not exited...
+        assert_eq!(s.on_live_access(150, T, detail::PORT_OUT, 0x80, 0x100e).map(|r| r.duration_ns), Some(40));
+        assert_eq!(s.on_live_return_unknown(151, T), None);
+        assert!(s.take_return_handled());
+        s.on_run_entry(190);
+        // ... else an exit of unknown reason and RIP.
+        let io = rec(s.on_live_return_unknown(200, T));
+        assert_eq!((io.key.detail, io.duration_ns), (0x80, 40));
+        s.on_run_entry(230);
+        let u = rec(s.take_pending(999));
+        assert_eq!((u.key.reason, u.key.rip, u.duration_ns), (crate::kvm_exit::UNKNOWN, 0, 30));
     }
 
     #[test]

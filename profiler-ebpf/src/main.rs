@@ -1,5 +1,5 @@
 //! kvmprof's eBPF programs. Each KVM tracepoint feeds the per-thread state machine of
-//! `profiler_common::ThreadState`; finished exits are aggregated in `EXITS` and, when asked,
+//! `profiler_common::ThreadState`; finished exits are aggregated in `EXIT_STATS` (indexed by `EXIT_INDEX`) and, when asked,
 //! streamed through `RECORDS`.
 //!
 //! Two exit sources (the loader attaches one set):
@@ -30,7 +30,7 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, Queue, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
     Global,
 };
@@ -39,8 +39,8 @@ use profiler_common::{
     guest::{self, GuestMemMap, Paging},
     maps, mmio_type,
     runs::{RunKey, RunStats},
-    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadSlot, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_IO,
-    NO_CS_BASE, REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
+    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadSlot, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_EXIT_REASON, KVM_RUN_IMMEDIATE_EXIT, KVM_RUN_IO,
+    NO_CS_BASE, NO_OFFSET, REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
 // Read-only globals, set by the loader (`EbpfLoader::override_global`, names from
@@ -86,6 +86,9 @@ static VCPU_EMULATE_CTXT: Global<u32> = Global::new(0);
 /// profiler_common::VCPU_RUN: `struct kvm_vcpu::run`.
 #[no_mangle]
 static VCPU_RUN: Global<u32> = Global::new(0);
+/// profiler_common::VCPU_WANTS_TO_RUN: `struct kvm_vcpu::wants_to_run`, or NO_OFFSET.
+#[no_mangle]
+static VCPU_WANTS_TO_RUN: Global<u32> = Global::new(0);
 // `struct x86_emulate_ctxt` offsets from BTF (profiler_common::EMULATOR_GLOBALS).
 #[no_mangle]
 static CTXT_EIP: Global<u32> = Global::new(0);
@@ -101,13 +104,19 @@ static CTXT_FETCH_DATA: Global<u32> = Global::new(0);
 #[no_mangle]
 static VCPU_CS_BASE: Global<u32> = Global::new(0);
 
+/// Indexes: profiler_common::maps::control.
 #[map]
-static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
-/// Preallocated, so inserting a new key never allocates in the tracepoint (see maps::EXITS).
+static CONTROL: Array<u32> = Array::with_max_entries(maps::control::COUNT, 0);
+/// Exit key -> its index in EXIT_STATS (see maps::EXIT_INDEX).
 #[map]
-static EXITS: PerCpuHashMap<ExitKey, ExitStats> =
-    PerCpuHashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
-/// Exits of keys that found `EXITS` full: count and time only (see maps::EXITS_OVERFLOW).
+static EXIT_INDEX: HashMap<ExitKey, u64> = HashMap::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
+/// The stats of each exit key, per CPU, at its EXIT_INDEX index.
+#[map]
+static EXIT_STATS: PerCpuArray<ExitStats> = PerCpuArray::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
+/// The EXIT_STATS indexes no key has (filled by the daemon).
+#[map]
+static FREE_EXIT_INDEXES: Queue<u64> = Queue::with_max_entries(maps::EXITS_MAX_ENTRIES, 0);
+/// Exits of keys that found no free `EXIT_STATS` index: count and time only (see maps::EXITS_OVERFLOW).
 #[map]
 static EXITS_OVERFLOW: PerCpuHashMap<ExitKey, CountTime> =
     PerCpuHashMap::with_max_entries(maps::EXITS_OVERFLOW_MAX_ENTRIES, 0);
@@ -122,16 +131,12 @@ static SLOT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(maps::THREAD_S
 static GUEST_MEMORY_USED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(maps::RECORDS_BYTES, 0);
-/// An all-zero `ExitStats`, the initial value of a new EXITS entry: at ~2 KiB it cannot be
-/// built on the 512-byte BPF stack, and copying it from here needs no zeroing code at all.
-/// BPF_F_RDONLY_PROG makes the verifier reject any program store into it, so it stays zero.
-#[map]
-static ZERO_STATS: Array<ExitStats> = Array::with_max_entries(1, BPF_F_RDONLY_PROG);
 /// Runs of successive I/O exits by signature (profiler_common::runs, maps::RUNS).
 #[map]
 static RUNS: PerCpuHashMap<RunKey, RunStats> = PerCpuHashMap::with_max_entries(maps::RUNS_MAX_ENTRIES, 0);
-/// An all-zero `ThreadState`, the initial value of a new THREADS entry (as ZERO_STATS: too big
-/// for the BPF stack, and read-only to the programs so it stays zero).
+/// An all-zero `ThreadState`, the initial value of a new THREADS entry: too big for the
+/// 512-byte BPF stack, and BPF_F_RDONLY_PROG makes the verifier reject any program store into
+/// it, so it stays zero.
 #[map]
 static ZERO_THREAD: Array<ThreadState> = Array::with_max_entries(1, BPF_F_RDONLY_PROG);
 #[map]
@@ -165,7 +170,7 @@ fn bump(index: u32) {
 /// The calling thread, if it belongs to the traced process.
 #[inline(always)]
 fn traced_thread() -> Option<Thread> {
-    if CONTROL.get(0).copied() != Some(1) {
+    if CONTROL.get(maps::control::RECORDING).copied() != Some(1) {
         return None;
     }
     let id = bpf_get_current_pid_tgid();
@@ -241,7 +246,7 @@ fn thread_state(t: &Thread) -> Option<&'static mut ThreadState> {
 #[inline(always)]
 fn charge_exit(s: &mut ThreadState, rec: Option<ExitRecord>) {
     let Some(r) = rec else { return };
-    charge(rec);
+    charge(s, rec);
     s.run.on_exit(&r, MAX_GAP_NS.load(), add_run);
 }
 
@@ -272,27 +277,14 @@ fn add_run(key: &RunKey, run: &RunStats) {
     }
 }
 
-/// Aggregates one finished exit and, when asked, streams it.
+/// Aggregates one finished exit of thread state `s` and, when asked, streams it.
 #[inline(always)]
-fn charge(rec: Option<ExitRecord>) {
+fn charge(s: &mut ThreadState, rec: Option<ExitRecord>) {
     let Some(rec) = rec else { return };
-    let stats = match EXITS.get_ptr_mut(rec.key) {
-        Some(stats) => Some(stats),
-        None => {
-            // A new key: insert zeros copied map to map (no 2 KiB value on the stack), then
-            // add to this CPU's slot as for a known key. BPF_NOEXIST: if another CPU inserted
-            // the key meanwhile, keep its entry (the insert fails, the lookup finds it). The
-            // kernel zero-fills the other CPUs' slots of a new per-CPU entry.
-            if let Some(zero) = ZERO_STATS.get(0) {
-                let _ = EXITS.insert(rec.key, zero, BPF_NOEXIST as u64);
-            }
-            EXITS.get_ptr_mut(rec.key)
-        }
-    };
-    match stats {
-        // SAFETY: a non-null pointer to this CPU's slot of an EXITS entry: one writer.
+    match exit_stats(s, &rec.key) {
+        // SAFETY: a non-null pointer to this CPU's slot of an EXIT_STATS entry: one writer.
         Some(stats) => unsafe { (*stats).add(rec.duration_ns) },
-        // EXITS is full (EXITS_MAX_ENTRIES): count it without a histogram.
+        // Every index is taken (EXITS_MAX_ENTRIES keys): count it without a histogram.
         None => charge_overflow(&rec),
     }
     if STREAM_RECORDS.load() != 0 {
@@ -306,14 +298,48 @@ fn charge(rec: Option<ExitRecord>) {
     }
 }
 
-/// Counts an exit whose key found `EXITS` full in `EXITS_OVERFLOW`; only when that is full
+/// This CPU's `EXIT_STATS` slot of `key`: at the index cached in the thread state when the
+/// thread's previous exit had the same key (no hash lookup), else at the key's `EXIT_INDEX`
+/// index, a new key taking a free one. None when no index is free.
+#[inline(always)]
+fn exit_stats(s: &mut ThreadState, key: &ExitKey) -> Option<*mut ExitStats> {
+    if s.stats_valid == 0 || s.stats_key != *key {
+        // SAFETY: a non-null pointer to an EXIT_INDEX value, valid for the program run; only
+        // the daemon changes an entry (deletes it, for a process that has ended).
+        let index = match EXIT_INDEX.get_ptr(key) {
+            Some(i) => unsafe { *i },
+            None => new_exit_index(key)?,
+        };
+        s.stats_key = *key;
+        s.stats_index = index as u32;
+        s.stats_valid = 1;
+    }
+    EXIT_STATS.get_ptr_mut(s.stats_index)
+}
+
+/// Gives the new `key` a free `EXIT_STATS` index (its slots are all zero: never used, or zeroed
+/// by the daemon before it gave the index back). BPF_NOEXIST: if another CPU gave the key an
+/// index meanwhile, this one goes back to the queue and the key keeps that one.
+#[inline(always)]
+fn new_exit_index(key: &ExitKey) -> Option<u64> {
+    let index = FREE_EXIT_INDEXES.pop().ok()??;
+    if EXIT_INDEX.insert(key, index, BPF_NOEXIST as u64).is_ok() {
+        return Some(index);
+    }
+    let _ = FREE_EXIT_INDEXES.push(index, 0);
+    // SAFETY: as in exit_stats.
+    EXIT_INDEX.get_ptr(key).map(|i| unsafe { *i })
+}
+
+/// Counts an exit whose key found no free `EXIT_STATS` index in `EXITS_OVERFLOW`; only when that is full
 /// too is it lost (and counted as lost).
 #[inline(always)]
 fn charge_overflow(rec: &ExitRecord) {
     let slot = match EXITS_OVERFLOW.get_ptr_mut(rec.key) {
         Some(s) => Some(s),
         None => {
-            // BPF_NOEXIST, as for EXITS: another CPU's insert of the same key wins.
+            // BPF_NOEXIST: another CPU's insert of the same key wins (the kernel zero-fills
+            // the other CPUs' slots of a new per-CPU entry).
             let _ = EXITS_OVERFLOW.insert(rec.key, CountTime::default(), BPF_NOEXIST as u64);
             EXITS_OVERFLOW.get_ptr_mut(rec.key)
         }
@@ -541,19 +567,6 @@ fn linear(vcpu: u64, mode: u32, rip: u64) -> u64 {
     csbase.wrapping_add(rip)
 }
 
-/// The port of the vcpu's current exit to user space when it is a port write (`kvm_run.io`),
-/// else None. One probe read of the `kvm_run` page.
-#[inline(always)]
-fn run_io_out_port(run: u64) -> Option<u16> {
-    if run == 0 {
-        return None;
-    }
-    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
-    let io = unsafe { bpf_probe_read_kernel((run + KVM_RUN_IO) as *const u32).ok()? };
-    // Little-endian { u8 direction; u8 size; u16 port }.
-    ((io & 0xff) as u8 == KVM_EXIT_IO_OUT).then_some((io >> 16) as u16)
-}
-
 /// Raw `kvm_pio(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
 /// const void *data)`.
 #[raw_tracepoint(tracepoint = "kvm_pio")]
@@ -593,15 +606,16 @@ fn access(t: Thread, kind: u8, addr: u64) {
     }
 }
 
-/// Raw `kvm_userspace_exit(u32 reason, int errno)`.
+/// Raw `kvm_userspace_exit(u32 reason, int errno)`: attached only while some vCPU thread's
+/// `struct kvm_vcpu *` is not known yet (with `vcpu_of_insn`, see `Session::poll`). Every
+/// KVM_RUN return is handled at `kvm_fpu` unload, which fires just before this event; only a
+/// return whose `kvm_run` it could not read is left to this program, which has the reason.
 #[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
 pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     let reason = kvm_exit::userspace_exit_reason(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
     if let Some(s) = thread_state(&t) {
-        // Usually this is the exit of the port write just traced by kvm_pio: mark it, no more.
-        let run = s.run_ptr;
-        if s.on_live_userspace_exit_of_access(reason, || run_io_out_port(run)) {
+        if s.take_return_handled() {
             return 0;
         }
         thread_vcpu(s, &t);
@@ -613,17 +627,70 @@ pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// Raw `kvm_fpu(int load)`: load = the thread entered KVM_RUN.
+/// Raw `kvm_fpu(int load)`: load = the thread entered KVM_RUN (the end of a user-space exit);
+/// unload = KVM_RUN returns to user space (`kvm_put_guest_fpu` on its way out, right before
+/// `kvm_userspace_exit`), which begins a user-space exit or marks the pending access's.
+///
+/// Why unload and not `kvm_userspace_exit`: the re-entry time needs this tracepoint anyway,
+/// and it fires at every return too, so one program run per exit is saved (~60 ns here). What
+/// `kvm_userspace_exit` has as arguments is read from the vcpu's `struct kvm_run` instead.
 #[raw_tracepoint(tracepoint = "kvm_fpu")]
 pub fn kvm_fpu(ctx: RawTracePointContext) -> u32 {
-    if ctx.arg::<u64>(0) as u32 == 0 {
-        return 0;
-    }
+    let load = ctx.arg::<u64>(0) as u32 != 0;
     let Some(t) = traced_thread() else { return 0 };
-    if let Some(s) = known_thread_state(&t) {
-        s.on_run_entry(now());
+    if load {
+        if let Some(s) = known_thread_state(&t) {
+            s.on_run_entry(now());
+        }
+    } else if let Some(s) = thread_state(&t) {
+        run_return(s, t);
     }
     0
+}
+
+/// A `kvm_fpu` unload of thread state `s`: see `kvm_fpu`.
+#[inline(always)]
+fn run_return(s: &mut ThreadState, t: Thread) {
+    if s.run_ptr == 0 {
+        thread_vcpu(s, &t);
+    }
+    let run = s.run_ptr;
+    if run == 0 {
+        // kvm_run unknown: leave the return to kvm_userspace_exit when it is attached.
+        if CONTROL.get(maps::control::USERSPACE_EXIT_ATTACHED).copied() == Some(1) {
+            return;
+        }
+        let done = s.on_live_return_unknown(now(), t);
+        charge_exit(s, done);
+        return;
+    }
+    // kvm_run bytes 0..40: immediate_exit (1), exit_reason (8), io (32: { u8 direction; u8
+    // size; u16 port; u32 count }), little-endian, in one probe read.
+    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+    let Ok(r) = (unsafe { bpf_probe_read_kernel(run as *const [u64; 5]) }) else { return };
+    let immediate_exit = (r[(KVM_RUN_IMMEDIATE_EXIT / 8) as usize] >> (8 * (KVM_RUN_IMMEDIATE_EXIT % 8))) as u8;
+    let exit_reason = (r[(KVM_RUN_EXIT_REASON / 8) as usize] >> (8 * (KVM_RUN_EXIT_REASON % 8))) as u32;
+    let io = (r[(KVM_RUN_IO / 8) as usize] >> (8 * (KVM_RUN_IO % 8))) as u32;
+    let reason = kvm_exit::run_return_reason(immediate_exit, exit_reason);
+    let io_out_port = ((io & 0xff) as u8 == KVM_EXIT_IO_OUT).then_some((io >> 16) as u16);
+    // Usually this is the exit of the port write or MMIO access just traced: mark it, no more.
+    if s.on_live_userspace_exit_of_access(reason, || io_out_port) {
+        s.return_handled = 1;
+        return;
+    }
+    // Not a KVM_RUN return at all: the FPU put back after an ioctl that loaded it (xstate MSRs).
+    if immediate_exit == 0 && VCPU_WANTS_TO_RUN.load() != NO_OFFSET {
+        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
+        let wants = unsafe { bpf_probe_read_kernel((s.vcpu_ptr + VCPU_WANTS_TO_RUN.load() as u64) as *const u8) };
+        if wants == Ok(0) {
+            return;
+        }
+    }
+    s.return_handled = 1;
+    let rip = insn_rip(s);
+    let done = s.on_live_userspace_exit(now(), t, reason, rip);
+    charge_exit(s, done);
+    attribute_caller(s, &t);
 }
 
 // ---- hw source ----

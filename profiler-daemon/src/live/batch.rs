@@ -30,6 +30,13 @@ struct BatchAttr {
 /// Keys per call: 256 × (48-byte key + CPUs × 2 KiB value) keeps the buffers near 1 MiB per CPU.
 const CHUNK: usize = 256;
 
+/// Every `(key, value)` of the (not per-CPU) hash map `map` whose values are 8 bytes long
+/// (`V` of size 8: the kernel's layout for such values is then the per-CPU one with one CPU).
+pub fn entries<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    const { assert!(size_of::<V>() == 8) };
+    Ok(per_cpu_entries::<K, V>(map, 1)?.into_iter().filter_map(|(k, mut v)| Some((k, v.pop()?))).collect())
+}
+
 /// Every `(key, per-CPU values)` of the per-CPU hash map `map`, with `ncpus` possible CPUs.
 /// `Err` with `ErrorKind::Unsupported` when the kernel has no batch lookup (before 5.6), so the
 /// caller can fall back to iterating.

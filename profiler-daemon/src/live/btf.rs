@@ -182,6 +182,12 @@ pub fn vcpu_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>> {
         bail!("kvm_vcpu.run is not a pointer in the kernel's BTF");
     }
     out.push((profiler_common::VCPU_RUN, run));
+    // Optional (kernels before 6.10 lack it): a bool the programs read as one byte.
+    let wants_to_run = match btf.member("kvm_vcpu", "wants_to_run") {
+        Ok((off, ty)) if btf.size_of(ty)? == 1 => off,
+        _ => profiler_common::NO_OFFSET,
+    };
+    out.push((profiler_common::VCPU_WANTS_TO_RUN, wants_to_run));
     for (global, member, index) in profiler_common::VCPU_GLOBALS {
         let (off, ty) = btf.member("kvm_vcpu_arch", member)?;
         let width = if *index > 0 || btf.resolve(ty)?.array.is_some() {

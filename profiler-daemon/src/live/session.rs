@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, Queue, RingBuf};
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
@@ -30,8 +30,8 @@ pub trait SourcePrograms {
     fn tracepoints(self) -> &'static [&'static str];
     /// Raw-tracepoint programs attached for the whole session: `(program, tracepoint)`.
     fn raw_programs(self) -> &'static [(&'static str, &'static str)];
-    /// Raw-tracepoint programs that note each vCPU thread's `struct kvm_vcpu *`, attached
-    /// only until every vCPU thread's pointer is cached ([`Session::poll`]).
+    /// Raw-tracepoint programs needed only while some vCPU thread's `struct kvm_vcpu *` is not
+    /// cached yet: those that note it, and what stands in for it meanwhile ([`Session::poll`]).
     fn vcpu_programs(self) -> &'static [(&'static str, &'static str)];
     /// Everything attached, for messages.
     fn attach_points(self) -> Vec<String>;
@@ -51,12 +51,9 @@ impl SourcePrograms for Source {
     fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Source::Hw => &[("kvm_entry", "kvm_entry"), ("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
-            Source::Emulated => &[
-                ("kvm_pio", "kvm_pio"),
-                ("kvm_mmio", "kvm_mmio"),
-                ("kvm_userspace_exit", "kvm_userspace_exit"),
-                ("kvm_fpu", "kvm_fpu"),
-            ],
+            // kvm_fpu: re-entry (load) and every KVM_RUN return (unload), which takes the
+            // place of kvm_userspace_exit (see the eBPF `kvm_fpu`).
+            Source::Emulated => &[("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio"), ("kvm_fpu", "kvm_fpu")],
         }
     }
 
@@ -65,7 +62,9 @@ impl SourcePrograms for Source {
     fn vcpu_programs(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Source::Hw => &[("vcpu_of_exit", "kvm_exit")],
-            Source::Emulated => &[("vcpu_of_insn", "kvm_emulate_insn")],
+            // kvm_userspace_exit only for the KVM_RUN returns of a vCPU whose `kvm_run` the
+            // programs do not know yet, so it comes and goes with vcpu_of_insn.
+            Source::Emulated => &[("vcpu_of_insn", "kvm_emulate_insn"), (USERSPACE_EXIT, USERSPACE_EXIT)],
         }
     }
 
@@ -76,6 +75,18 @@ impl SourcePrograms for Source {
         }
         v
     }
+}
+
+/// The program (and raw tracepoint) that hands a KVM_RUN return's reason to the emulated
+/// source while a vCPU's `kvm_run` is not known (maps::control::USERSPACE_EXIT_ATTACHED).
+const USERSPACE_EXIT: &str = "kvm_userspace_exit";
+
+/// Tells the programs whether `kvm_userspace_exit` is attached: set after it is attached and
+/// cleared before it is detached, so "set" always means "it will run".
+fn mark_userspace_exit(control: &mut Array<MapData, u32>, attached: bool) {
+    // A failed write leaves the flag clear at worst: kvm_fpu then handles those returns
+    // itself (with an unknown reason) and kvm_userspace_exit skips them, so none is lost.
+    let _ = control.set(maps::control::USERSPACE_EXIT_ATTACHED, attached as u32, 0);
 }
 
 /// The exit source this host has: `kvm_exit` fires on VMX/SVM hosts; elsewhere (PVM, or no
@@ -113,7 +124,10 @@ pub struct Session {
     cfg: SessionConfig,
     ebpf: Option<Ebpf>,
     control: Array<MapData, u32>,
-    exits: PerCpuHashMap<MapData, ExitKey, ExitStats>,
+    /// The in-kernel aggregation (maps::EXIT_INDEX): key -> index, stats per index, free indexes.
+    exit_index: HashMap<MapData, ExitKey, u64>,
+    exit_stats: PerCpuArray<MapData, ExitStats>,
+    free_exit_indexes: Queue<MapData, u64>,
     exits_overflow: PerCpuHashMap<MapData, ExitKey, CountTime>,
     threads: HashMap<MapData, u32, ThreadState>,
     /// Thread states in slots (maps::THREAD_SLOTS) and who owns each used slot.
@@ -264,7 +278,13 @@ impl Session {
         }
 
         let map_type = |map: &'static str| move |source| LiveError::MapType { map, source };
-        let exits = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::EXITS)?).map_err(map_type(maps::EXITS))?;
+        let exit_index = HashMap::try_from(take_map(&mut ebpf, maps::EXIT_INDEX)?).map_err(map_type(maps::EXIT_INDEX))?;
+        let exit_stats = PerCpuArray::try_from(take_map(&mut ebpf, maps::EXIT_STATS)?).map_err(map_type(maps::EXIT_STATS))?;
+        let mut free_exit_indexes = Queue::try_from(take_map(&mut ebpf, maps::FREE_EXIT_INDEXES)?).map_err(map_type(maps::FREE_EXIT_INDEXES))?;
+        // Before the window opens: every EXIT_STATS index is free.
+        for index in 0..u64::from(maps::EXITS_MAX_ENTRIES) {
+            free_exit_indexes.push(index, 0).map_err(|source| LiveError::WriteMap { map: maps::FREE_EXIT_INDEXES, source })?;
+        }
         let exits_overflow =
             PerCpuHashMap::try_from(take_map(&mut ebpf, maps::EXITS_OVERFLOW)?).map_err(map_type(maps::EXITS_OVERFLOW))?;
         let threads = HashMap::try_from(take_map(&mut ebpf, maps::THREADS)?).map_err(map_type(maps::THREADS))?;
@@ -278,13 +298,18 @@ impl Session {
         let slot_owners = HashMap::try_from(take_map(&mut ebpf, maps::SLOT_OWNERS)?).map_err(map_type(maps::SLOT_OWNERS))?;
         let runs = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::RUNS)?).map_err(map_type(maps::RUNS))?;
         let mut control = Array::try_from(take_map(&mut ebpf, maps::CONTROL)?).map_err(map_type(maps::CONTROL))?;
+        if vcpu_links.iter().any(|(name, _, link)| *name == USERSPACE_EXIT && link.is_some()) {
+            mark_userspace_exit(&mut control, true);
+        }
         // Every program is attached: open the counted window.
-        control.set(0, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
+        control.set(maps::control::RECORDING, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
         Ok(Session {
             cfg,
             ebpf: Some(ebpf),
             control,
-            exits,
+            exit_index,
+            exit_stats,
+            free_exit_indexes,
             exits_overflow,
             threads,
             thread_slots,
@@ -356,9 +381,17 @@ impl Session {
             let Ok(prog) = raw_program(ebpf, name) else { continue };
             match (want, link.take()) {
                 (false, Some(l)) => {
+                    if *name == USERSPACE_EXIT {
+                        mark_userspace_exit(&mut self.control, false);
+                    }
                     let _ = prog.detach(l);
                 }
-                (true, None) => *link = prog.attach(tp).ok(),
+                (true, None) => {
+                    *link = prog.attach(tp).ok();
+                    if *name == USERSPACE_EXIT && link.is_some() {
+                        mark_userspace_exit(&mut self.control, true);
+                    }
+                }
                 (_, l) => *link = l,
             }
         }
@@ -408,7 +441,7 @@ impl Session {
     /// exits still open charged with the time measured until now.
     pub fn finish(mut self) -> Result<Profile, LiveError> {
         // Close the window before the programs detach one by one.
-        self.control.set(0, 0, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
+        self.control.set(maps::control::RECORDING, 0, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
         drop(self.ebpf.take());
         self.drain_records();
         let mut agg = Aggregate::new(self.records.is_some());
@@ -450,10 +483,10 @@ impl Session {
         }
         let mut agg = Aggregate::new(false);
         let mut exit_keys = Vec::new();
-        for (key, per_cpu) in read_per_cpu(&self.exits, maps::EXITS, self.ncpus)? {
+        for (key, index, per_cpu) in self.exit_entries()? {
             if tgids.contains(&key.tgid) {
                 per_cpu.iter().for_each(|stats| agg.merge(key, stats));
-                exit_keys.push(key);
+                exit_keys.push((key, index));
             }
         }
         let mut overflow_keys = Vec::new();
@@ -472,8 +505,13 @@ impl Session {
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(source) => Err(LiveError::WriteMap { map, source }),
         };
-        for k in &exit_keys {
-            gone(self.exits.remove(k), maps::EXITS)?;
+        // Each key's index is freed for a new key: the key deleted first, then its stats zeroed
+        // on every CPU, then the index queued (a program takes it only from the queue).
+        for (k, index) in &exit_keys {
+            gone(self.exit_index.remove(k), maps::EXIT_INDEX)?;
+            let zeros = PerCpuValues::try_from(vec![ExitStats::default(); self.ncpus]).map_err(kernel_fact("cannot count the possible CPUs"))?;
+            self.exit_stats.set(*index, zeros, 0).map_err(|source| LiveError::WriteMap { map: maps::EXIT_STATS, source })?;
+            self.free_exit_indexes.push(u64::from(*index), 0).map_err(|source| LiveError::WriteMap { map: maps::FREE_EXIT_INDEXES, source })?;
         }
         for k in &overflow_keys {
             gone(self.exits_overflow.remove(k), maps::EXITS_OVERFLOW)?;
@@ -501,6 +539,28 @@ impl Session {
         Ok(agg.exits.iter().filter_map(|(k, s)| crate::model::Exit::from_key(k, *s).ok()).collect())
     }
 
+    /// Every exit key with its `EXIT_STATS` index and per-CPU stats: the keys in a few batched
+    /// calls, then one lookup per key. A key inserted after the batch read is in the next read.
+    fn exit_entries(&self) -> Result<Vec<(ExitKey, u32, PerCpuValues<ExitStats>)>, LiveError> {
+        let keys = super::batch::entries::<ExitKey, u64>(IterableMap::map(&self.exit_index)).or_else(|e| match e.kind() {
+            // Kernels before 5.6: one key at a time.
+            std::io::ErrorKind::Unsupported => {
+                self.exit_index.iter().collect::<Result<Vec<_>, _>>().map_err(|source| LiveError::ReadMap { map: maps::EXIT_INDEX, source })
+            }
+            _ => Err(LiveError::ReadMap {
+                map: maps::EXIT_INDEX,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error: e }),
+            }),
+        })?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, index) in keys {
+            let index = index as u32;
+            let stats = self.exit_stats.get(&index, 0).map_err(|source| LiveError::ReadMap { map: maps::EXIT_STATS, source })?;
+            out.push((key, index, stats));
+        }
+        Ok(out)
+    }
+
     fn collect(&mut self, mut agg: Aggregate, finishing: bool) -> Result<Profile, LiveError> {
         // Runs (for `advise`) only in the final profile: snapshots (`top`, `serve`) have no use
         // for them, and reading them there would cost every poll.
@@ -512,8 +572,8 @@ impl Session {
                 }
             }
         }
-        for (key, per_cpu) in read_per_cpu(&self.exits, maps::EXITS, self.ncpus)? {
-            for stats in &per_cpu {
+        for (key, _, per_cpu) in self.exit_entries()? {
+            for stats in per_cpu.iter() {
                 agg.merge(key, stats);
             }
         }
