@@ -48,8 +48,9 @@ impl StackSetup {
         if depth == 1 {
             return Ok(None);
         }
+        // A table without rules (an .eh_frame with no FDEs) is no table: frame pointers only.
         let table = match elf {
-            Some(p) => UnwindTable::from_elf(p)?,
+            Some(p) => UnwindTable::from_elf(p)?.filter(|t| !t.entries.is_empty()),
             None => None,
         };
         let entries = table.as_ref().map(|t| entries_of(t, slide)).unwrap_or_default();
