@@ -48,7 +48,7 @@ pub struct Meta {
 }
 
 /// [`Meta::stacks`]: what the stacks of a recording were walked with.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StackInfo {
     /// Return addresses walked per exit at most.
     pub depth: u32,
