@@ -115,10 +115,11 @@ pub fn attribute_stack(s: &mut ThreadState, t: &Thread) {
     }
     s.pending.key.caller = out.frames[0];
     let id = unwind::stack_id(out);
-    // BPF_NOEXIST: a stack already there (the usual case) is not rewritten.
-    match STACKS.insert(&id, out, BPF_NOEXIST as u64) {
-        Ok(()) => s.pending.key.stack = id,
-        Err(_) if STACKS.get_ptr(&id).is_some() => s.pending.key.stack = id,
-        Err(_) => bump(counter::STACKS_FULL),
+    // Usually the stack is there already: one lookup. A new one is inserted with BPF_NOEXIST
+    // (of two CPUs inserting it at once, one wins; the other finds it).
+    if STACKS.get_ptr(&id).is_some() || STACKS.insert(&id, out, BPF_NOEXIST as u64).is_ok() || STACKS.get_ptr(&id).is_some() {
+        s.pending.key.stack = id;
+    } else {
+        bump(counter::STACKS_FULL);
     }
 }
