@@ -114,7 +114,11 @@ pub struct ExitKey {
     pub reason: u32,
     pub isa: u8,
     pub detail_kind: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The guest stack of this exit (`record --stack-depth` above 1): its id in the `STACKS`
+    /// map ([`unwind::stack_id`]), or 0 when no stack was walked. In former padding, so the
+    /// key keeps its size and old files (zeros here) read as "no stack".
+    pub stack: u32,
 }
 
 /// Count, total time and time histogram (layout: [`hist_bucket`]) of the exits with one key.
@@ -194,6 +198,7 @@ const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 128 + core::mem::size_of::<runs::RunState>() + 56);
 const _: () = assert!(core::mem::size_of::<runs::RunState>() == 304);
 const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
+const _: () = assert!(core::mem::size_of::<unwind::GuestStack>() == 8 + 8 * unwind::MAX_STACK_DEPTH);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -217,6 +222,10 @@ mod pod {
     unsafe impl aya::Pod for super::CountTime {}
     // SAFETY: repr(C), u32, u32, u64: no padding.
     unsafe impl aya::Pod for super::runs::RunKey {}
+    // SAFETY: repr(C), u8s filling 8 bytes, then u64s: no padding.
+    unsafe impl aya::Pod for super::unwind::GuestStack {}
+    // SAFETY: repr(C): u64, i16, i16, u8, u8 and `_pad` filling the tail to 16 bytes.
+    unsafe impl aya::Pod for super::unwind::UnwindEntry {}
     // SAFETY: repr(C), u64s, an array of u64 pairs, and `_pad` filling the tail after `kind`.
     unsafe impl aya::Pod for super::runs::RunStats {}
 }

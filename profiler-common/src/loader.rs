@@ -75,6 +75,21 @@ pub mod maps {
     /// `Array<ThreadState>` of one all-zero slot, read-only to the programs: the initial value
     /// of a new THREADS entry (a ThreadState is too big to build on the 512-byte BPF stack).
     pub const ZERO_THREAD: &str = "ZERO_THREAD";
+    /// `Array<unwind::UnwindEntry>`: the guest's unwind table at runtime addresses (KASLR slide
+    /// applied), sorted by start, written by the daemon before recording starts
+    /// (`record --stack-depth` above 1 with `--vmlinux`). Its size is set at load time to the
+    /// table's length (`globals::UNWIND_LEN`), at least 1.
+    pub const UNWIND: &str = "UNWIND";
+    /// Entries a table may have: 2^SEARCH_STEPS (what the bounded binary search covers).
+    pub const UNWIND_MAX_ENTRIES: u32 = 1 << crate::unwind::SEARCH_STEPS;
+    /// `HashMap<u32 stack id, unwind::GuestStack>`: every distinct walked stack, by the id that
+    /// `ExitKey::stack` holds. A stack that finds it full is counted (`counter::STACKS_FULL`)
+    /// and its exit keeps only its caller.
+    pub const STACKS: &str = "STACKS";
+    pub const STACKS_MAX_ENTRIES: u32 = 16384;
+    /// `PerCpuArray<unwind::GuestStack>` of one slot: where a stack is walked (it would take
+    /// 72 of the 512 bytes of BPF stack) before it is copied into `STACKS`.
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
 }
 
 /// Indexes into the `COUNTERS` map: everything that was lost is counted, never silent.
@@ -87,7 +102,9 @@ pub mod counter {
     pub const THREADS_FULL: u32 = 2;
     /// Runs not aggregated because `RUNS` was full.
     pub const RUNS_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Stacks not kept because `STACKS` was full (their exits keep only their caller).
+    pub const STACKS_FULL: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Read-only globals (besides the field offsets) the loader sets.
@@ -101,6 +118,12 @@ pub mod globals {
     /// `u64`: the longest gap (ns) between an exit's re-entry and the next exit that still
     /// extends a run of successive I/O exits (see [`crate::runs`]).
     pub const MAX_GAP_NS: &str = "MAX_GAP_NS";
+    /// `u32`: return addresses walked per exit (`record --stack-depth`, 1 to
+    /// `unwind::MAX_STACK_DEPTH`). 1 (the default) reads the caller at `[RBP + 8]` as always
+    /// and the stack walker is pruned by the verifier: it costs nothing.
+    pub const STACK_DEPTH: &str = "STACK_DEPTH";
+    /// `u32`: entries in the `UNWIND` map (0: no table, frame pointers only).
+    pub const UNWIND_LEN: &str = "UNWIND_LEN";
 }
 
 /// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the

@@ -23,6 +23,8 @@
 #![no_std]
 #![no_main]
 
+mod stack;
+
 use aya_ebpf::{
     bindings::{BPF_F_RDONLY_PROG, BPF_NOEXIST},
     helpers::{
@@ -420,7 +422,11 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
 #[inline(always)]
 fn attribute_caller(s: &mut ThreadState, t: &Thread) {
     if s.take_caller_lookup() {
-        s.pending.key.caller = caller_of(s, t);
+        if stack::enabled() {
+            stack::attribute_stack(s, t);
+        } else {
+            s.pending.key.caller = caller_of(s, t);
+        }
     }
 }
 

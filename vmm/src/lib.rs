@@ -92,8 +92,31 @@ pub mod vm;
 pub use vcpu::Outcome;
 pub use vm::{run, RunReport, VmConfig};
 
-/// The bundled guest kernel (an ELF with symbols and DWARF), built by `build.rs`.
+/// The bundled guest kernel (an ELF with symbols and DWARF), built by `build.rs` with frame
+/// pointers.
 pub const GUEST_ELF: &[u8] = include_bytes!(env!("TINYVMM_GUEST_ELF"));
+/// The same guest built without frame pointers and with unwind tables (`.eh_frame`): the
+/// ground truth for walking stacks by CFI (`tinyvmm run --guest-variant nofp`).
+pub const GUEST_NOFP_ELF: &[u8] = include_bytes!(env!("TINYVMM_GUEST_NOFP_ELF"));
+
+/// Which build of the bundled guest to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestVariant {
+    /// With frame pointers (`push rbp; mov rbp, rsp` in every function).
+    #[default]
+    Fp,
+    /// Without frame pointers, with `.eh_frame` unwind tables.
+    Nofp,
+}
+
+impl GuestVariant {
+    pub fn elf(self) -> &'static [u8] {
+        match self {
+            GuestVariant::Fp => GUEST_ELF,
+            GuestVariant::Nofp => GUEST_NOFP_ELF,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {

@@ -25,6 +25,9 @@ enum Cmd {
     GuestElf {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Which build of the bundled guest to write (as `run --guest-variant`).
+        #[arg(long, value_enum, default_value = "fp")]
+        guest_variant: vmm::GuestVariant,
     },
 }
 
@@ -33,8 +36,13 @@ enum Cmd {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Guest ELF to boot instead of the bundled one (same boot protocol, see crate docs).
-    #[arg(long, value_name = "ELF")]
+    #[arg(long, value_name = "ELF", conflicts_with = "guest_variant")]
     guest: Option<PathBuf>,
+    /// Which build of the bundled guest to boot: `fp` (frame pointers) or `nofp` (no frame
+    /// pointers, .eh_frame unwind tables: stacks walked as on distribution kernels). One
+    /// source, the same workloads and exits.
+    #[arg(long, value_enum)]
+    guest_variant: Option<vmm::GuestVariant>,
     /// Raw disk image for the IDE disk (primary master); writes go to this file.
     #[arg(long, value_name = "IMG")]
     disk: Option<PathBuf>,
@@ -96,6 +104,9 @@ fn parse_net(s: &str) -> Result<NetArg, String> {
 
 fn run(a: RunArgs) -> Result<i32> {
     let mut cfg = VmConfig::new(a.workload);
+    if let Some(v) = a.guest_variant {
+        cfg.guest_elf = v.elf().to_vec();
+    }
     if let Some(p) = &a.guest {
         cfg.guest_elf = std::fs::read(p).with_context(|| format!("cannot read guest {}", p.display()))?;
     }
@@ -142,7 +153,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::GuestElf { output } => std::fs::write(&output, vmm::GUEST_ELF)
+        Cmd::GuestElf { output, guest_variant } => std::fs::write(&output, guest_variant.elf())
             .with_context(|| format!("cannot write {}", output.display()))
             .map(|_| 0),
     };

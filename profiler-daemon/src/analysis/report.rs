@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use profiler_common::HIST_BUCKETS;
 
 use super::percentile::hist_quantile;
-use crate::model::{Direction, Exit, Profile, Reason, Source};
+use crate::model::{Direction, Exit, Profile, Reason, Source, StackMethod};
 
 /// What one row of a report stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub enum GroupBy {
     Caller,
     /// One row per VM process (its PID and name).
     Vm,
+    /// One row per guest stack (`record --stack-depth`): the exiting function and the
+    /// functions of its return addresses, and the reason.
+    Stack,
 }
 
 impl GroupBy {
@@ -36,6 +39,7 @@ impl GroupBy {
             GroupBy::Vcpu => "vcpu",
             GroupBy::Caller => "caller",
             GroupBy::Vm => "vm",
+            GroupBy::Stack => "stack",
         }
     }
 }
@@ -86,6 +90,9 @@ pub struct Row {
     pub caller: Option<Caller>,
     /// `--by vm`: the VM process's PID and name (`None` if the recording does not know it).
     pub vm: Option<(u32, Option<String>)>,
+    /// `--by stack`: the callers, innermost first, and how they were found (None: the exit
+    /// has no walked stack).
+    pub stack: Option<(Vec<Caller>, StackMethod)>,
 }
 
 /// Something a report must say besides its rows.
@@ -104,6 +111,8 @@ pub enum Note {
     RecordsDropped { dropped: u64, per_cpu: Vec<u64>, exits: u64 },
     /// In-kernel maps were full: exits and thread events lost.
     MapsFull { exits: u64, thread_events: u64 },
+    /// `--by stack`: how many exits have a walked stack, by method, and what walked them.
+    Stacks { walked: Vec<(StackMethod, u64)>, without: u64, total: u64, info: Option<crate::model::StackInfo> },
     /// Some exits have count and time but no histogram (counted after the in-kernel exit map
     /// filled): the percentiles are of the others.
     PartialHistograms { without: u64, total: u64 },
@@ -158,6 +167,9 @@ enum Key {
     Thread(u32, u32),
     Caller(u64, Option<u64>, Reason),
     Vm(u32),
+    /// The exiting function (or RIP), its callers' functions (or addresses), innermost
+    /// first, the method, and the reason.
+    Stack(String, Vec<String>, Option<StackMethod>, Reason),
 }
 
 struct Acc {
@@ -186,6 +198,11 @@ pub fn build(profile: &Profile, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Str
             GroupBy::Vcpu => Key::Thread(e.tgid, e.tid),
             GroupBy::Caller => Key::Caller(e.rip, e.caller, e.reason),
             GroupBy::Vm => Key::Vm(e.tgid),
+            GroupBy::Stack => {
+                let at = func(e.rip).unwrap_or_else(|| crate::render::hex(e.rip));
+                let frames = e.stack.iter().flat_map(|st| &st.frames).map(|ra| super::callers::caller_function(*ra, resolve).unwrap_or_else(|| crate::render::hex(*ra))).collect();
+                Key::Stack(at, frames, e.stack.as_ref().map(|st| st.method), e.reason)
+            }
         };
         let acc = groups.entry(key).or_insert_with(|| Acc { first: first_row(profile, e, by, &mut func, resolve), hist: [0; HIST_BUCKETS], top_rip: None });
         let row = &mut acc.first;
@@ -200,7 +217,7 @@ pub fn build(profile: &Profile, by: GroupBy, resolve: &dyn Fn(u64) -> Option<Str
         if row.port != port {
             row.port = None;
         }
-        if by == GroupBy::Function && acc.top_rip.is_none_or(|(_, c)| e.stats.count > c) {
+        if matches!(by, GroupBy::Function | GroupBy::Stack) && acc.top_rip.is_none_or(|(_, c)| e.stats.count > c) {
             acc.top_rip = Some((e.rip, e.stats.count));
         }
     }
@@ -239,6 +256,7 @@ fn first_row(profile: &Profile, e: &Exit, by: GroupBy, func: &mut dyn FnMut(u64)
         p99_ns: 0,
         caller: None,
         vm: None,
+        stack: None,
     };
     match by {
         GroupBy::Rip => {
@@ -258,6 +276,13 @@ fn first_row(profile: &Profile, e: &Exit, by: GroupBy, func: &mut dyn FnMut(u64)
         GroupBy::Vm => {
             let name = profile.threads.values().filter(|t| t.tgid == e.tgid).find_map(|t| t.vm_name.clone());
             row.vm = Some((e.tgid, name));
+        }
+        GroupBy::Stack => {
+            row.function = func(e.rip);
+            row.stack = e.stack.as_ref().map(|st| {
+                let callers = st.frames.iter().map(|ra| Caller { rip: Some(*ra), function: super::callers::caller_function(*ra, resolve) }).collect();
+                (callers, st.method)
+            });
         }
         GroupBy::Reason | GroupBy::Port => {}
     }
@@ -283,6 +308,17 @@ fn notes(profile: &Profile, by: GroupBy) -> Vec<Note> {
             _ => None,
         };
         notes.push(Note::UnknownCallers { unknown, total, why });
+    }
+    if by == GroupBy::Stack {
+        let mut walked: BTreeMap<StackMethod, u64> = BTreeMap::new();
+        let mut without = 0;
+        for e in &profile.exits {
+            match &e.stack {
+                Some(st) => *walked.entry(st.method).or_default() += e.stats.count,
+                None => without += e.stats.count,
+            }
+        }
+        notes.push(Note::Stacks { walked: walked.into_iter().collect(), without, total: profile.total_exits(), info: profile.meta.stacks.clone() });
     }
     let timed: u64 = profile.exits.iter().map(|e| e.stats.hist.iter().sum::<u64>()).sum();
     let total = profile.total_exits();

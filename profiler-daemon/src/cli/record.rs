@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use clap::ValueEnum;
 use profiler_daemon::live::record::{self, RecordOptions};
+use profiler_daemon::live::stacks::StackSetup;
 use profiler_daemon::model::Source;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -27,7 +28,8 @@ impl SourceArg {
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  kvmprof record -o disk.kvmprof -- tinyvmm run --workload disk-write\n  \
-kvmprof record -o vm.kvmprof --pid 4242 --duration 30 --records\n\n\
+kvmprof record -o vm.kvmprof --pid 4242 --duration 30 --records\n  \
+kvmprof record -o stacks.kvmprof --stack-depth 4 --vmlinux guest.elf -- tinyvmm run --workload disk-write\n\n\
 Without --pid or a command, every KVM guest on the host is recorded until Ctrl-C or --duration. \
 Needs root (eBPF). Mounts tracefs at /sys/kernel/tracing if it is not mounted.")]
 pub struct RecordArgs {
@@ -70,6 +72,24 @@ pub struct RecordArgs {
     /// 5us on hw.
     #[arg(long, value_name = "DURATION", value_parser = super::advise::parse_gap)]
     max_gap: Option<u64>,
+    /// Walk the guest stack at each exit: N return addresses (1, the default: the caller only,
+    /// read at [RBP+8], at no extra cost; at most 8). Above 1, frames come from the unwind table
+    /// of --vmlinux (its ORC tables, else its .eh_frame/.debug_frame CFI), with the frame
+    /// pointer where no rule covers an address; without --vmlinux, frame pointers only. See
+    /// `report --by stack`.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    stack_depth: u32,
+    /// The guest kernel ELF whose unwind table walks the stacks (--stack-depth above 1).
+    #[arg(long, value_name = "ELF")]
+    vmlinux: Option<PathBuf>,
+    /// A copy of the guest's /proc/kallsyms: the KASLR slide for the unwind table, from its
+    /// `_text` and --vmlinux's.
+    #[arg(long, value_name = "FILE", requires = "vmlinux")]
+    kallsyms: Option<PathBuf>,
+    /// The guest's KASLR slide (runtime − link address) in hex for the unwind table, or `auto`
+    /// with --kallsyms. Default: from --kallsyms when given, else 0.
+    #[arg(long, value_name = "HEX|auto", requires = "vmlinux", allow_hyphen_values = true, value_parser = super::symbols::parse_slide)]
+    kaslr_offset: Option<symbolizer::KaslrSlide>,
     /// The command to run and trace (after --).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -88,6 +108,7 @@ pub fn run(a: RecordArgs) -> Result<i32> {
         .duration
         .map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a positive number of seconds, not {s}")))
         .transpose()?;
+    let stacks = stack_setup(&a)?;
     record::run(&RecordOptions {
         output: a.output,
         guest_memory_map: a.guest_memory_map,
@@ -99,6 +120,23 @@ pub fn run(a: RecordArgs) -> Result<i32> {
         command: a.command,
         quiet: false,
         max_gap_ns: a.max_gap,
+        stacks,
     })?;
     Ok(0)
+}
+
+/// `--stack-depth` with the unwind table of `--vmlinux`, moved by the slide the flags give.
+fn stack_setup(a: &RecordArgs) -> Result<Option<StackSetup>> {
+    use symbolizer::KaslrSlide;
+    let slide = match (&a.vmlinux, &a.kallsyms, a.kaslr_offset.unwrap_or_default()) {
+        (_, _, KaslrSlide::Offset(s)) => s,
+        (Some(elf), Some(ks), _) => symbolizer::kaslr_offset_from_kallsyms(elf, ks)?,
+        (_, None, KaslrSlide::Auto) => {
+            return Err(anyhow!(
+                "record --kaslr-offset auto needs --kallsyms FILE (the slide must be known before the first exit); or give the slide in hex"
+            ))
+        }
+        _ => 0,
+    };
+    Ok(StackSetup::new(a.stack_depth, a.vmlinux.as_deref(), slide)?)
 }

@@ -28,6 +28,10 @@ pub enum GroupByArg {
     /// One row per VM process, named by its `-name` (QEMU) / `--name` (tinyvmm) or its
     /// process name: for recordings of several VMs (`record` without --pid or a command).
     Vm,
+    /// One row per guest stack: the exiting function and its callers, innermost first, as
+    /// walked at each exit by `record --stack-depth N` (N > 1), with the method (unwind table
+    /// or frame pointer). With --format folded or --svg: full-stack flame graphs.
+    Stack,
 }
 
 impl From<GroupByArg> for GroupBy {
@@ -40,6 +44,7 @@ impl From<GroupByArg> for GroupBy {
             GroupByArg::Vcpu => GroupBy::Vcpu,
             GroupByArg::Caller => GroupBy::Caller,
             GroupByArg::Vm => GroupBy::Vm,
+            GroupByArg::Stack => GroupBy::Stack,
         }
     }
 }
@@ -49,7 +54,8 @@ pub enum FormatArg {
     Table,
     Json,
     Csv,
-    /// Folded stacks (`caller;function;reason count`, weight = exits) for flame graphs:
+    /// Folded stacks (`caller;function;reason count`, weight = exits; with --by stack the
+    /// whole walked guest stack, outermost first) for flame graphs:
     /// `inferno-flamegraph` / `flamegraph.pl`, or `kvmprof report --svg FILE`.
     Folded,
     /// A gzipped pprof profile (binary; give -o FILE): stacks caller -> function -> reason,
@@ -93,7 +99,8 @@ pub struct ReportArgs {
     top: Option<usize>,
     #[arg(long, value_enum, default_value = "table")]
     format: FormatArg,
-    /// Also write a flame graph of the exits (stack caller;function;reason) to FILE as SVG.
+    /// Also write a flame graph of the exits (stack caller;function;reason; with --by stack
+    /// the whole walked guest stack) to FILE as SVG.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
     /// Write the output to FILE instead of stdout (needed for --format pprof on a terminal).

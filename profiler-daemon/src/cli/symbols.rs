@@ -27,7 +27,7 @@ pub struct GuestSymbolArgs {
 }
 
 /// `auto`, or a hex slide, optionally negative (`-0x1000`).
-fn parse_slide(s: &str) -> Result<KaslrSlide, String> {
+pub fn parse_slide(s: &str) -> Result<KaslrSlide, String> {
     if s.eq_ignore_ascii_case("auto") {
         return Ok(KaslrSlide::Auto);
     }

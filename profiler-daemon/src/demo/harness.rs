@@ -141,6 +141,7 @@ impl Ctx {
             command,
             quiet: true,
             max_gap_ns: None,
+            stacks: None,
         });
         drop(quiet);
         let rec = recorded.with_context(|| format!("recording the {name} run"))?;

@@ -9,6 +9,7 @@ pub mod guest_memory;
 pub mod qemu_memory;
 pub mod record;
 pub mod session;
+pub mod stacks;
 pub mod targets;
 pub mod tracefs;
 

@@ -31,6 +31,8 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// Run-detection gap (`--max-gap`); None: the source's default.
     pub max_gap_ns: Option<u64>,
+    /// Guest stacks to walk at each exit (`--stack-depth` above 1); None: the caller only.
+    pub stacks: Option<super::stacks::StackSetup>,
 }
 
 /// Records a command, a running VMM (`pid`) or every VM, until the command or PID exits,
@@ -60,7 +62,7 @@ pub fn run(opts: &RecordOptions) -> Result<Profile> {
         records: opts.records,
         command: (!opts.command.is_empty()).then(|| opts.command.clone()),
     };
-    let mut session = Session::start_with_records_buffer(&tracefs, cfg, opts.max_gap_ns, opts.records_buffer)?;
+    let mut session = Session::start_with_stacks(&tracefs, cfg, opts.max_gap_ns, opts.records_buffer, opts.stacks.as_ref())?;
     let stream = if opts.records { Some(start_record_stream(&mut session, &opts.output)?) } else { None };
     let feeder = match (session.guest_memory(), target) {
         (Some(w), t) if t != 0 => Some(Feeder::start(map_source, w, t)?),

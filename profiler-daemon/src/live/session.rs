@@ -148,16 +148,18 @@ pub struct Session {
     /// Every thread seen so far, kept after it ends (marked `ended`).
     known_threads: BTreeMap<u32, ThreadInfo>,
     start_unix_ns: u64,
+    /// The walked stacks and how (`record --stack-depth` above 1).
+    stacks: Option<super::stacks::StackMap>,
     /// Possible CPUs: the number of values of each per-CPU map entry.
     ncpus: usize,
 }
 
-fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LiveError> {
+pub(super) fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LiveError> {
     let prog = ebpf.program_mut(name).ok_or(LiveError::MissingInObject { kind: "program", name })?;
     prog.try_into().map_err(|source| LiveError::Verify { program: name, source })
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LiveError> {
+pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LiveError> {
     ebpf.take_map(name).ok_or(LiveError::MissingInObject { kind: "map", name })
 }
 
@@ -210,6 +212,18 @@ impl Session {
     /// [`Session::start_with_max_gap`] with the records ring buffer's size in bytes (a power
     /// of two multiple of the page size; None: `maps::RECORDS_BYTES`).
     pub fn start_with_records_buffer(tracefs: &Path, cfg: SessionConfig, max_gap_ns: Option<u64>, records_buffer: Option<u32>) -> Result<Session, LiveError> {
+        Session::start_with_stacks(tracefs, cfg, max_gap_ns, records_buffer, None)
+    }
+
+    /// [`Session::start_with_records_buffer`], walking guest stacks at each exit as `stacks`
+    /// says (None: the caller only, the stack walker pruned away).
+    pub fn start_with_stacks(
+        tracefs: &Path,
+        cfg: SessionConfig,
+        max_gap_ns: Option<u64>,
+        records_buffer: Option<u32>,
+        stacks: Option<&super::stacks::StackSetup>,
+    ) -> Result<Session, LiveError> {
         let max_gap_ns = max_gap_ns.unwrap_or(default_max_gap_ns(cfg.source));
         if env!("KVMPROF_EBPF_BUILT") != "1" {
             return Err(LiveError::NoEbpfObject);
@@ -225,6 +239,7 @@ impl Session {
         };
         let hw = (cfg.source == Source::Hw) as u8;
         let stream = cfg.records as u8;
+        let stack_globals = super::stacks::globals_of(stacks);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::TARGET_TGID, &target_tgid, true)
@@ -252,7 +267,9 @@ impl Session {
         } else if let Some(bytes) = records_buffer {
             loader.map_max_entries(maps::RECORDS, bytes);
         }
+        super::stacks::configure(&mut loader, &stack_globals);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| LiveError::Load { source })?;
+        let stack_map = super::stacks::open(&mut ebpf, stacks)?;
 
         for tp in cfg.source.tracepoints() {
             let prog: &mut TracePoint = ebpf
@@ -324,6 +341,7 @@ impl Session {
             vcpu_links,
             known_threads: BTreeMap::new(),
             start_unix_ns: unix_ns(),
+            stacks: stack_map,
             ncpus: aya::util::nr_cpus().map_err(|(what, e)| LiveError::Kernel { what: "cannot count the possible CPUs", source: format!("{what}: {e}").into() })?,
         })
     }
@@ -629,11 +647,15 @@ impl Session {
             unfinished_exits: 0,
             partial: false,
             guest_memory: None,
+            stacks: None,
         };
         agg.runs_lost = count(counter::RUNS_FULL)?;
         // A key no kvmprof program writes would be a bug in the programs: count it as lost.
         let (mut profile, undecodable) = agg.into_profile(meta, self.known_threads.clone());
         profile.meta.exit_keys_full += undecodable as u64;
+        if let Some(stacks) = &self.stacks {
+            stacks.resolve(&mut profile, count(counter::STACKS_FULL)?)?;
+        }
         Ok(profile)
     }
 }
@@ -668,6 +690,10 @@ fn read_trimmed(path: &str) -> String {
 /// the verifier and that the tracepoints exist on this kernel.
 pub fn check_attach(tracefs: &Path, source: Source) -> Result<(), LiveError> {
     let cfg = SessionConfig { source, target: Target::Process(u32::MAX), records: true, command: None };
-    drop(Session::start(tracefs, cfg)?);
+    drop(Session::start(tracefs, cfg.clone())?);
+    // Again with the stack walker switched on at its deepest, over a table of 2^20 entries
+    // (the verifier follows the binary search as deep as the table's length makes it).
+    let stacks = super::stacks::StackSetup::for_verifier();
+    drop(Session::start_with_stacks(tracefs, cfg, None, None, Some(&stacks))?);
     Ok(())
 }

@@ -175,6 +175,58 @@ pub struct Exit {
     /// Return address in the guest function that called the exiting one, when it was read.
     pub caller: Option<u64>,
     pub stats: ExitStats,
+    /// The guest stack walked at the exit (`record --stack-depth` above 1), when one was.
+    pub stack: Option<GuestStack>,
+}
+
+/// How the frames of a walked guest stack were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackMethod {
+    /// Every frame from the unwind table (ORC or DWARF CFI).
+    Table,
+    /// Every frame from the frame pointer (`[RBP + 8]`).
+    FramePointer,
+    /// Some frames each way (code without unwind rules between code with them).
+    Mixed,
+    /// Not known yet: a stack whose frames were not read (see [`GuestStack`]).
+    Unknown,
+}
+
+impl StackMethod {
+    /// From `profiler_common::unwind::GuestStack::methods`.
+    pub fn from_bits(bits: u8) -> StackMethod {
+        use profiler_common::unwind::method;
+        match (bits & method::TABLE != 0, bits & method::FRAME_POINTER != 0) {
+            (true, false) => StackMethod::Table,
+            (false, true) => StackMethod::FramePointer,
+            (true, true) => StackMethod::Mixed,
+            (false, false) => StackMethod::Unknown,
+        }
+    }
+
+    /// As recordings and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StackMethod::Table => "table",
+            StackMethod::FramePointer => "frame_pointer",
+            StackMethod::Mixed => "table+frame_pointer",
+            StackMethod::Unknown => "unknown",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<StackMethod> {
+        [StackMethod::Table, StackMethod::FramePointer, StackMethod::Mixed, StackMethod::Unknown].into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// A guest stack walked at an exit: return addresses, innermost first (`frames[0]` is the
+/// caller), stored in the kernel under `id` (`ExitKey::stack`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GuestStack {
+    pub id: u32,
+    pub method: StackMethod,
+    /// Empty until the session has read them from the `STACKS` map.
+    pub frames: Vec<u64>,
 }
 
 impl Exit {
@@ -190,6 +242,7 @@ impl Exit {
             access: Access::from_detail(key.detail_kind, key.detail)?,
             caller: (key.caller != UNKNOWN_CALLER).then_some(key.caller),
             stats,
+            stack: (key.stack != 0).then(|| GuestStack { id: key.stack, method: StackMethod::Unknown, frames: Vec::new() }),
         })
     }
 
@@ -206,7 +259,8 @@ impl Exit {
             reason: self.reason.code,
             isa: self.reason.isa.code(),
             detail_kind,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            stack: self.stack.as_ref().map_or(0, |s| s.id),
         }
     }
 }

@@ -7,5 +7,5 @@ pub mod reasons;
 pub mod record_stream;
 pub mod recording;
 
-pub use exit::{Access, Direction, Exit, Isa, Reason, Source};
-pub use profile::{GuestMemoryOrigin, Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
+pub use exit::{Access, Direction, Exit, GuestStack, Isa, Reason, Source, StackMethod};
+pub use profile::{GuestMemoryOrigin, Meta, Profile, Record, Run, RunAccess, Runs, StackInfo, ThreadInfo};

@@ -42,6 +42,23 @@ pub struct Meta {
     /// could be verified (then callers are `[unknown]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_memory: Option<GuestMemoryOrigin>,
+    /// How guest stacks were walked (`record --stack-depth` above 1); absent: callers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StackInfo>,
+}
+
+/// [`Meta::stacks`]: what the stacks of a recording were walked with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StackInfo {
+    /// Return addresses walked per exit at most.
+    pub depth: u32,
+    /// Where the unwind table came from (`orc`, `cfi`), or None: frame pointers only.
+    pub table: Option<String>,
+    pub table_entries: u64,
+    /// The KASLR slide the table was moved by (runtime − link address).
+    pub slide: i64,
+    /// Stacks not kept because the in-kernel stack map was full (their exits keep a caller).
+    pub lost: u64,
 }
 
 /// [`Meta::guest_memory`]: one line each.

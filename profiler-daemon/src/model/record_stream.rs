@@ -8,7 +8,8 @@
 //! blocks          kind u8 | 3 zero bytes | payload length u32 | CRC-32 (IEEE) of the payload u32 | payload
 //!   kind 1 KEYS     n × 48 B: exit sites, numbered 0, 1, 2, ... in the order they first appear:
 //!                   rip u64 | detail u64 | caller u64 | tgid u32 | tid u32 | vcpu u32 | reason u32 |
-//!                   isa u8 | detail_kind u8 | 6 zero bytes   (profiler_common::ExitKey's fields)
+//!                   isa u8 | detail_kind u8 | 2 zero bytes | stack id u32   (profiler_common::ExitKey's
+//!                   fields; the stack id, 0 = none, was 4 zero bytes before stacks: old files read)
 //!   kind 2 RECORDS  n × 20 B, in the order the exits finished (the ring buffer's order):
 //!                   start_ns u64 | duration_ns u64 | site number u32 (defined by an earlier KEYS block)
 //!   kind 3 END      records u64 | sites u32 | cpus u32 | records dropped on each CPU: cpus × u64
@@ -243,7 +244,8 @@ fn encode_key(out: &mut Vec<u8>, k: &ExitKey) {
     for v in [k.tgid, k.tid, k.vcpu, k.reason] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out.extend_from_slice(&[k.isa, k.detail_kind, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[k.isa, k.detail_kind, 0, 0]);
+    out.extend_from_slice(&k.stack.to_le_bytes());
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -269,7 +271,8 @@ fn decode_key(b: &[u8]) -> ExitKey {
         reason: u32_at(b, 36),
         isa: b[40],
         detail_kind: b[41],
-        _pad: [0; 6],
+        _pad: [0; 2],
+        stack: u32_at(b, 44),
     }
 }
 

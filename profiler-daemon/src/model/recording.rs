@@ -25,6 +25,10 @@
 //!                         "kind": "port_in"|"port_out"|"mmio_read"|"mmio_write",
 //!                         "accesses": [["0xrip", "0xport or gpa"], ...] (the first 16) } ] } }
 //! ```
+//! Version 4 adds each exit's optional `"stack": {"id": N, "method": "table"|"frame_pointer"|
+//! "table+frame_pointer", "frames": ["0x..", ...]}` (the guest stack walked at the exit by
+//! `record --stack-depth`, return addresses innermost first) and `meta.stacks` (depth, unwind
+//! table, slide); a file without stacks is written as version 3 or 2.
 //! Version 3 adds `records_file`: the exits of `record --records` (and `import`) streamed to a
 //! sidecar file as they arrived (format: [`super::record_stream`]), instead of the in-memory
 //! `records` array; `name` is relative to the recording's directory (or absolute). A file
@@ -43,13 +47,13 @@ use std::path::Path;
 use profiler_common::{detail, hist_bucket_of_legacy, ExitStats, HIST_BUCKETS, LEGACY_LOG2_BUCKETS};
 use serde::{Deserialize, Serialize};
 
-use super::exit::{Access, Exit, Isa, Reason};
+use super::exit::{Access, Exit, GuestStack, Isa, Reason, StackMethod};
 use super::record_stream;
 use super::profile::{Meta, Profile, Record, Run, RunAccess, Runs, ThreadInfo};
 use profiler_common::parse_hex;
 
 pub const FORMAT: &str = "kvmprof-recording";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -87,6 +91,18 @@ struct ExitRow {
     hist: serde_json::Value,
     #[serde(default)]
     caller_rip: Option<String>,
+    /// Version 4: the guest stack walked at the exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stack: Option<StackRow>,
+}
+
+/// Version 4: `{"id": N, "method": "table"|"frame_pointer"|"table+frame_pointer",
+/// "frames": ["0x..", ...]}` (return addresses, innermost first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StackRow {
+    id: u32,
+    method: String,
+    frames: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -214,6 +230,7 @@ impl ExitRow {
             total_ns: e.stats.total_ns,
             hist: serde_json::to_value(hist).unwrap_or_default(),
             caller_rip: e.caller.map(hex),
+            stack: e.stack.as_ref().map(|st| StackRow { id: st.id, method: st.method.name().into(), frames: st.frames.iter().map(|f| hex(*f)).collect() }),
         }
     }
 
@@ -226,6 +243,14 @@ impl ExitRow {
         let access = Access::from_detail(kind, value).map_err(|e| format!("exit {i}: {e}"))?;
         let caller = match &self.caller_rip {
             Some(c) => Some(parse_hex(c).ok_or_else(|| bad("caller_rip"))?),
+            None => None,
+        };
+        let stack = match &self.stack {
+            Some(st) => Some(GuestStack {
+                id: st.id,
+                method: StackMethod::from_name(&st.method).ok_or_else(|| bad("stack method"))?,
+                frames: st.frames.iter().map(|f| parse_hex(f)).collect::<Option<Vec<_>>>().ok_or_else(|| bad("stack frame"))?,
+            }),
             None => None,
         };
         let hist = if version < 2 { legacy_hist(&self.hist) } else { sparse_hist(&self.hist) }.map_err(|e| format!("exit {i}: {e}"))?;
@@ -244,6 +269,7 @@ impl ExitRow {
             access,
             caller,
             stats: ExitStats { count: self.count, total_ns: self.total_ns, hist },
+            stack,
         })
     }
 }
@@ -307,7 +333,13 @@ fn write_to(profile: &Profile, path: &Path, mut w: impl Write) -> std::io::Resul
     let file = File {
         format: FORMAT.into(),
         // The lowest version that holds this content, so older readers read what they can.
-        version: if records_file.is_some() { VERSION } else { 2 },
+        version: if profile.exits.iter().any(|e| e.stack.is_some()) {
+            4
+        } else if records_file.is_some() {
+            3
+        } else {
+            2
+        },
         meta: profile.meta.clone(),
         threads: profile.threads.clone(),
         exits: profile.exits.iter().map(ExitRow::new).collect(),

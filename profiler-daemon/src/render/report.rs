@@ -52,6 +52,22 @@ pub fn note_text(n: &Note) -> String {
         Note::PartialHistograms { without, total } => format!(
             "{without} of {total} exits came after the in-kernel exit map was full: they are counted with their time, but p50/p99 leave them out (no histogram)"
         ),
+        Note::Stacks { walked, without, total, info } => {
+            let by: Vec<String> = walked.iter().map(|(m, n)| format!("{n} by {}", method_text(*m))).collect();
+            let how = match info {
+                Some(i) => {
+                    let table = match &i.table {
+                        Some(t) => format!("the guest's {t} unwind table ({} rules, slide {:#x}) and frame pointers where it has no rule", i.table_entries, i.slide),
+                        None => "frame pointers only (no unwind table: record with --vmlinux ELF)".into(),
+                    };
+                    let lost = if i.lost > 0 { format!("; {} stacks did not fit the in-kernel map (those exits keep their caller)", i.lost) } else { String::new() };
+                    format!(", walked {} return addresses deep with {table}{lost}", i.depth)
+                }
+                None => ": record with `kvmprof record --stack-depth N` (N > 1) to walk guest stacks".into(),
+            };
+            let stacks = if by.is_empty() { "none".to_string() } else { by.join(", ") };
+            format!("stacks of {} of {total} exits ({stacks}); {without} without one{how}", total - without)
+        }
         Note::MapsFull { exits, thread_events } => format!("in-kernel maps were full: {exits} exits and {thread_events} thread events were lost"),
     }
 }
@@ -78,6 +94,17 @@ struct JsonRow<'a> {
     pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vm: Option<&'a str>,
+    /// `--by stack`: the callers, innermost first (absent: no walked stack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<Vec<JsonFrame<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack_method: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct JsonFrame<'a> {
+    rip: Option<String>,
+    function: Option<&'a str>,
 }
 
 impl<'a> JsonRow<'a> {
@@ -100,6 +127,8 @@ impl<'a> JsonRow<'a> {
             caller_function: r.caller.as_ref().and_then(|c| c.function.as_deref()),
             pid: r.vm.as_ref().map(|v| v.0),
             vm: r.vm.as_ref().and_then(|v| v.1.as_deref()),
+            stack: r.stack.as_ref().map(|(cs, _)| cs.iter().map(|c| JsonFrame { rip: c.rip.map(hex), function: c.function.as_deref() }).collect()),
+            stack_method: r.stack.as_ref().map(|(_, m)| m.name()),
         }
     }
 }
@@ -141,6 +170,7 @@ pub fn render(rep: &Report, format: Format, top: Option<usize>) -> String {
         }
         Format::Csv => csv(rep, rows),
         Format::Table if rep.by == GroupBy::Caller => callers_table(rep, rows),
+        Format::Table if rep.by == GroupBy::Stack => stacks_table(rep, rows),
         Format::Table => table(rep, rows),
         Format::Folded => folded(rows),
     }
@@ -260,6 +290,50 @@ fn callers_table(rep: &Report, rows: &[Row]) -> String {
     s
 }
 
+/// How a stack's method reads in tables and notes.
+fn method_text(m: crate::model::StackMethod) -> &'static str {
+    use crate::model::StackMethod;
+    match m {
+        StackMethod::Table => "unwind table",
+        StackMethod::FramePointer => "frame pointer",
+        StackMethod::Mixed => "table + frame pointer",
+        StackMethod::Unknown => "?",
+    }
+}
+
+/// `report --by stack`: one row per stack, the exiting function first.
+fn stacks_table(rep: &Report, rows: &[Row]) -> String {
+    let mut s = header_line(rep);
+    let header = ["Count", "Time (s)", "Time %", "Reason", "Port", "Method", "Stack (exiting function <- callers)"];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            let mut frames = vec![r.function.clone().or_else(|| r.rip.map(hex)).unwrap_or_else(|| "[unknown]".into())];
+            match &r.stack {
+                Some((callers, _)) => frames.extend(callers.iter().map(|c| c.function.clone().or_else(|| c.rip.map(hex)).unwrap_or_else(|| "?".into()))),
+                None => frames.push("[unknown]".into()),
+            }
+            [
+                r.count.to_string(),
+                secs(r.time_ns),
+                format!("{:.2}%", r.percent),
+                r.reason.to_string(),
+                port_cell(r.port),
+                r.stack.as_ref().map_or("-", |(_, m)| method_text(*m)).to_string(),
+                frames.join(" <- "),
+            ]
+        })
+        .collect();
+    s.push_str(&table::render(&header, &cells, 0..=2));
+    if let Some(more) = table::more_rows(rows.len(), rep.rows.len()) {
+        let _ = writeln!(s, "{more}");
+    }
+    for n in &rep.notes {
+        let _ = writeln!(s, "note: {}", note_text(n));
+    }
+    s
+}
+
 /// Folded stacks, one line per (caller, function, reason): `frame;frame;reason count`.
 /// The function frame is the guest function, or the RIP when it is not known; the caller
 /// frame is added when the rows carry one. Weight: number of exits.
@@ -268,6 +342,12 @@ fn folded(rows: &[Row]) -> String {
     let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
     for r in rows {
         let mut frames = Vec::new();
+        // `--by stack`: the whole walked stack, outermost first.
+        if let Some((callers, _)) = &r.stack {
+            for c in callers.iter().rev() {
+                frames.push(clean(&c.function.clone().or_else(|| c.rip.map(hex)).unwrap_or_else(|| "[unknown]".into())));
+            }
+        }
         if let Some(c) = &r.caller {
             if let Some(name) = c.function.clone().or_else(|| c.rip.map(hex)) {
                 frames.push(clean(&name));

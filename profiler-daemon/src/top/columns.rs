@@ -18,6 +18,7 @@ pub fn key_header(by: GroupBy) -> &'static [&'static str] {
         GroupBy::Vcpu => &["vCPU", "TID", "Thread"],
         GroupBy::Caller => &["RIP", "Caller"],
         GroupBy::Vm => &["PID", "VM"],
+        GroupBy::Stack => &["RIP", "Function"],
     }
 }
 
@@ -56,6 +57,7 @@ pub fn key_cells(iv: &Interval, r: &Row, by: GroupBy) -> Vec<String> {
             vec![r.vcpu.map_or("-".into(), |v| v.to_string()), r.tid.map_or("-".into(), |t| t.to_string()), comm]
         }
         GroupBy::Caller => vec![rip(), r.caller.as_ref().and_then(|c| c.function.clone()).unwrap_or_else(|| "[unknown]".into())],
+        GroupBy::Stack => vec![rip(), function_cell(r, by)],
         GroupBy::Vm => {
             let (pid, name) = r.vm.as_ref().map_or(("-".into(), "-".into()), |(p, n)| (p.to_string(), n.clone().unwrap_or_else(|| "-".into())));
             vec![pid, name]

@@ -70,6 +70,7 @@ mod tests {
             access: Access::Port { dir: Direction::Out, port: 0x80 },
             caller: None,
             stats,
+            stack: None,
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
             access: Access::Port { dir: Direction::Out, port: 0x80 },
             caller,
             stats,
+            stack: None,
         }
     }
 

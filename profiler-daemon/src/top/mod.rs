@@ -129,6 +129,7 @@ fn check(opts: &TopOptions) -> Result<()> {
             bail!("--by function needs the guest's symbols: add --vmlinux ELF or --kallsyms FILE")
         }
         GroupBy::Caller => bail!("top has no caller rows: press Enter on a function to see its callers"),
+        GroupBy::Stack => bail!("top has no stack rows: record with `kvmprof record --stack-depth N` and use `report --by stack`"),
         _ => Ok(()),
     }
 }

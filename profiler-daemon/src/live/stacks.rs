@@ -1,0 +1,170 @@
+//! Guest stacks (`record --stack-depth N`): the unwind table loaded into the `UNWIND` map
+//! before any program attaches, the walker switched on by the `STACK_DEPTH` global, and the
+//! walked stacks read back from `STACKS` into the profile's exits. The walk itself is in the
+//! eBPF programs (profiler-ebpf/src/stack.rs).
+use std::collections::HashMap as StdHashMap;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::unwind::{cfa_base, GuestStack as KernelStack, UnwindEntry, BP_SAVED, MAX_STACK_DEPTH};
+use profiler_common::{globals, maps};
+use symbolizer::unwind::{CfaBase, FrameKind, UnwindSource, UnwindTable};
+use symbolizer::SymbolizeError;
+
+use super::error::LiveError;
+use super::session::take_map;
+use crate::model::{GuestStack, Profile, StackInfo, StackMethod};
+
+/// What the programs walk stacks with.
+#[derive(Debug, Clone)]
+pub struct StackSetup {
+    /// Return addresses per exit, 2 to [`MAX_STACK_DEPTH`].
+    pub depth: u32,
+    /// The unwind table at runtime addresses, sorted; empty: frame pointers only.
+    pub entries: Vec<UnwindEntry>,
+    pub info: StackInfo,
+}
+
+/// `--stack-depth` out of range, or a guest ELF whose table cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StackSetupError {
+    #[error("--stack-depth {0} is out of range: give 1 (the caller only) to {MAX_STACK_DEPTH}")]
+    Depth(u32),
+    #[error("the guest's unwind table has {0} entries, more than the {max} the in-kernel search covers", max = maps::UNWIND_MAX_ENTRIES)]
+    TooBig(usize),
+    #[error(transparent)]
+    Elf(#[from] SymbolizeError),
+}
+
+impl StackSetup {
+    /// Stacks of `depth` return addresses, walked with the unwind table of `elf` (its ORC
+    /// tables, else its DWARF CFI; none: frame pointers only) moved by the KASLR `slide`.
+    /// None for depth 1: the caller only, as without stacks.
+    pub fn new(depth: u32, elf: Option<&Path>, slide: i64) -> Result<Option<StackSetup>, StackSetupError> {
+        if depth == 0 || depth as usize > MAX_STACK_DEPTH {
+            return Err(StackSetupError::Depth(depth));
+        }
+        if depth == 1 {
+            return Ok(None);
+        }
+        // A table without rules (an .eh_frame with no FDEs) is no table: frame pointers only.
+        let table = match elf {
+            Some(p) => UnwindTable::from_elf(p)?.filter(|t| !t.entries.is_empty()),
+            None => None,
+        };
+        let entries = table.as_ref().map(|t| entries_of(t, slide)).unwrap_or_default();
+        if entries.len() > maps::UNWIND_MAX_ENTRIES as usize {
+            return Err(StackSetupError::TooBig(entries.len()));
+        }
+        let info = StackInfo {
+            depth,
+            table: table.as_ref().map(|t| match t.source {
+                UnwindSource::Orc => "orc".to_string(),
+                UnwindSource::Cfi => "cfi".to_string(),
+            }),
+            table_entries: entries.len() as u64,
+            slide,
+            lost: 0,
+        };
+        Ok(Some(StackSetup { depth, entries, info }))
+    }
+}
+
+impl StackSetup {
+    /// The deepest walk over a large table of empty rules: what `kvmprof check` loads, so the
+    /// verifier checks the walker as deep as a distribution kernel's table (~370 000 rules)
+    /// makes the binary search.
+    pub fn for_verifier() -> StackSetup {
+        let entries = vec![UnwindEntry::default(); 1 << 20];
+        let info = StackInfo { depth: MAX_STACK_DEPTH as u32, table: Some("verifier".into()), table_entries: entries.len() as u64, ..StackInfo::default() };
+        StackSetup { depth: MAX_STACK_DEPTH as u32, entries, info }
+    }
+}
+
+/// The table in the eBPF programs' form, at runtime addresses (`start + slide`). A rule the
+/// walker cannot follow stops it, except CFI's gaps (code without CFI), where it falls back to
+/// the frame pointer; ORC's end-of-stack and `pt_regs` frames stop it.
+pub fn entries_of(table: &UnwindTable, slide: i64) -> Vec<UnwindEntry> {
+    table
+        .entries
+        .iter()
+        .map(|(start, r)| {
+            let base = match (r.kind, r.cfa_base, table.source) {
+                (FrameKind::End, _, UnwindSource::Cfi) => cfa_base::NONE,
+                (FrameKind::End | FrameKind::Regs, _, _) => cfa_base::STOP,
+                (FrameKind::Call, CfaBase::Sp, _) => cfa_base::SP,
+                (FrameKind::Call, CfaBase::Bp, _) => cfa_base::BP,
+                (FrameKind::Call, CfaBase::Other(_), _) => cfa_base::STOP,
+            };
+            UnwindEntry {
+                start: start.wrapping_add(slide as u64),
+                cfa_offset: r.cfa_offset,
+                bp_offset: r.bp_saved_at.unwrap_or(0),
+                cfa_base: base,
+                flags: if r.bp_saved_at.is_some() { BP_SAVED } else { 0 },
+                _pad: [0; 2],
+            }
+        })
+        .collect()
+}
+
+/// The values of the `STACK_DEPTH` and `UNWIND_LEN` globals (the loader borrows them).
+pub(super) fn globals_of(stacks: Option<&StackSetup>) -> [u32; 2] {
+    [stacks.map_or(1, |s| s.depth), stacks.map_or(0, |s| s.entries.len() as u32)]
+}
+
+/// Sets the globals (`values` from [`globals_of`]) and the `UNWIND` map's size before the
+/// object is loaded.
+pub(super) fn configure<'a>(loader: &mut EbpfLoader<'a>, values: &'a [u32; 2]) {
+    loader.override_global(globals::STACK_DEPTH, &values[0], true).override_global(globals::UNWIND_LEN, &values[1], true);
+    loader.map_max_entries(maps::UNWIND, values[1].max(1));
+}
+
+/// The walked stacks of a session and how they were walked.
+pub struct StackMap {
+    stacks: HashMap<MapData, u32, KernelStack>,
+    /// Kept open: the programs are loaded after the table is written, and a map whose fd is
+    /// closed before then cannot be referenced by them.
+    _unwind: Array<MapData, UnwindEntry>,
+    info: StackInfo,
+}
+
+/// Writes the unwind table into the loaded object's `UNWIND` map (before anything attaches)
+/// and opens `STACKS`.
+pub(super) fn open(ebpf: &mut Ebpf, stacks: Option<&StackSetup>) -> Result<Option<StackMap>, LiveError> {
+    let Some(setup) = stacks else { return Ok(None) };
+    let map_type = |map: &'static str| move |source| LiveError::MapType { map, source };
+    let mut unwind: Array<MapData, UnwindEntry> = Array::try_from(take_map(ebpf, maps::UNWIND)?).map_err(map_type(maps::UNWIND))?;
+    for (i, e) in setup.entries.iter().enumerate() {
+        unwind.set(i as u32, e, 0).map_err(|source| LiveError::WriteMap { map: maps::UNWIND, source })?;
+    }
+    let stacks = HashMap::try_from(take_map(ebpf, maps::STACKS)?).map_err(map_type(maps::STACKS))?;
+    Ok(Some(StackMap { stacks, _unwind: unwind, info: setup.info.clone() }))
+}
+
+impl StackMap {
+    /// Fills in the frames and method of every exit's stack, and the profile's stack info
+    /// (`lost`: stacks the map had no room for).
+    pub(super) fn resolve(&self, profile: &mut Profile, lost: u64) -> Result<(), LiveError> {
+        let mut by_id = StdHashMap::new();
+        for item in self.stacks.iter() {
+            let (id, s) = item.map_err(|source| LiveError::ReadMap { map: maps::STACKS, source })?;
+            by_id.insert(id, s);
+        }
+        for e in &mut profile.exits {
+            if let Some(st) = &mut e.stack {
+                if let Some(k) = by_id.get(&st.id) {
+                    *st = stack_of(st.id, k);
+                }
+            }
+        }
+        profile.meta.stacks = Some(StackInfo { lost, ..self.info.clone() });
+        Ok(())
+    }
+}
+
+fn stack_of(id: u32, k: &KernelStack) -> GuestStack {
+    let n = (k.depth as usize).min(MAX_STACK_DEPTH);
+    GuestStack { id, method: StackMethod::from_bits(k.methods), frames: k.frames[..n].to_vec() }
+}
