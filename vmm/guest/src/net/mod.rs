@@ -143,18 +143,14 @@ impl Stack {
             let _ = a.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), p.net_prefix));
         });
         let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(gw[0], gw[1], gw[2], gw[3]));
+        let (rx_meta, rx_buf) = (&raw mut UDP_RX_META, &raw mut UDP_RX_BUF);
+        let (tx_meta, tx_buf, storage) = (&raw mut UDP_TX_META, &raw mut UDP_TX_BUF, &raw mut SOCKETS);
         // SAFETY: these statics are borrowed here once, for the rest of the run (a workload
         // runs once and never returns to build another Stack); no other code names them.
-        let (socket, sockets) = unsafe {
-            let rx_meta: &'static mut [udp::PacketMetadata] = &mut *(&raw mut UDP_RX_META);
-            let rx_buf: &'static mut [u8] = &mut *(&raw mut UDP_RX_BUF);
-            let tx_meta: &'static mut [udp::PacketMetadata] = &mut *(&raw mut UDP_TX_META);
-            let tx_buf: &'static mut [u8] = &mut *(&raw mut UDP_TX_BUF);
-            let storage: &'static mut [SocketStorage<'static>] = &mut *(&raw mut SOCKETS);
-            let rx = udp::PacketBuffer::new(rx_meta, rx_buf);
-            let tx = udp::PacketBuffer::new(tx_meta, tx_buf);
-            (udp::Socket::new(rx, tx), SocketSet::new(storage))
-        };
+        let (rx_meta, rx_buf, tx_meta, tx_buf, storage) = unsafe { (&mut *rx_meta, &mut *rx_buf, &mut *tx_meta, &mut *tx_buf, &mut *storage) };
+        let rx = udp::PacketBuffer::new(&mut rx_meta[..], &mut rx_buf[..]);
+        let tx = udp::PacketBuffer::new(&mut tx_meta[..], &mut tx_buf[..]);
+        let (socket, sockets) = (udp::Socket::new(rx, tx), SocketSet::new(&mut storage[..]));
         let mut sockets = sockets;
         let udp = sockets.add(socket);
         Stack { iface, sockets, udp, nic, mode, pm: PmClock::new(), last_tick: 0, mac, gateway: gw }
