@@ -229,3 +229,44 @@ impl GuestConsole {
         &self.lines
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peers against each other on loopback: a stream arrives whole and checked, a
+    /// damaged or reordered one is counted, request/response is answered by an echo thread.
+    #[test]
+    fn stream_and_request_response_over_loopback() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let sent = send_stream(&tx, to, 50, 100, Some(5000.0)).unwrap();
+        assert_eq!((sent.datagrams, sent.bytes), (50, 5000));
+        let got = receive_stream(&rx, 50, Duration::from_secs(2)).unwrap();
+        assert_eq!((got.check.datagrams, got.check.bytes, got.check.bad_seq, got.check.bad_checksum, got.timed_out), (50, 5000, 0, 0, false));
+        // A reordered pair and a damaged datagram.
+        let mut b = [0u8; 32];
+        for seq in [1u32, 0] {
+            fill_datagram(&mut b, seq);
+            tx.send_to(&b, to).unwrap();
+        }
+        b[20] ^= 1;
+        tx.send_to(&b, to).unwrap();
+        let got = receive_stream(&rx, 10, Duration::from_millis(200)).unwrap();
+        assert_eq!((got.check.datagrams, got.check.bad_seq, got.check.bad_checksum, got.timed_out), (3, 2, 1, true));
+        assert!(send_stream(&tx, to, 1, 15, None).is_err(), "a datagram shorter than its header");
+
+        let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        let rr = request_response(&tx, echo_addr, 64, Duration::from_secs(5), 100, Duration::from_secs(1)).unwrap();
+        assert_eq!((rr.transactions, rr.timeouts, rr.bad_replies), (100, 0, 0));
+        assert!(rr.per_second() > 0.0);
+    }
+}
