@@ -157,6 +157,10 @@ pub enum Workload {
     NetRx,
     /// Network: send COUNT datagrams of --size bytes to HostA 198.18.0.1:9000. Needs --net.
     NetTx,
+    /// Network: accept one TCP connection on port 9001 and read it to its end, checking
+    /// every byte of the stream pattern; gives up after SECONDS (default 10) without data.
+    /// Needs --net.
+    NetTcpRx,
     /// Network: misprogram the NIC (descriptors and a ring outside RAM, oversized frames,
     /// a ring that overflows), then check a frame still goes out and one comes in (it
     /// pings the gateway). Needs --net.
@@ -178,6 +182,7 @@ impl Workload {
             Workload::NetRx => "net-rx",
             Workload::NetTx => "net-tx",
             Workload::NetHostile => "net-hostile",
+            Workload::NetTcpRx => "net-tcp-rx",
         }
     }
 
@@ -195,12 +200,13 @@ impl Workload {
             Workload::NetRx => abi::WL_NET_RX,
             Workload::NetTx => abi::WL_NET_TX,
             Workload::NetHostile => abi::WL_NET_HOSTILE,
+            Workload::NetTcpRx => abi::WL_NET_TCP_RX,
         }
     }
 
     /// The network workloads need a NIC (`--net tap:NAME`).
     pub fn needs_net(self) -> bool {
-        matches!(self, Workload::NetEcho | Workload::NetRx | Workload::NetTx | Workload::NetHostile)
+        matches!(self, Workload::NetEcho | Workload::NetRx | Workload::NetTx | Workload::NetHostile | Workload::NetTcpRx)
     }
 
     pub fn needs_disk(self) -> bool {

@@ -120,7 +120,7 @@ fn vcpu_thread_name_and_memory_map_let_a_profiler_read_guest_memory() {
 #[test]
 fn network_arguments_that_cannot_work_get_one_clear_line() {
     require_kvm();
-    for wl in ["net-echo", "net-rx", "net-tx", "net-hostile"] {
+    for wl in ["net-echo", "net-rx", "net-tx", "net-tcp-rx", "net-hostile"] {
         one_line_error(&["run", "--workload", wl], 1, "needs a NIC: add --net tap:NAME");
     }
     one_line_error(&["run", "--workload", "net-tx", "--net", "tap:x", "--size", "15"], 1, "--size 15: a datagram is 16 to 1472 bytes");

@@ -173,6 +173,47 @@ pub fn request_response(
     Ok(r)
 }
 
+/// What [`tcp_send`] sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TcpSendReport {
+    pub bytes: u64,
+    /// From connecting to the receiver's close (everything acknowledged and read).
+    pub elapsed: Duration,
+}
+
+/// Connects to `to`, sends `bytes` bytes of the TCP stream pattern
+/// (`tinyvmm_abi::net::tcp_stream_byte`), closes its sending side and waits (up to
+/// `timeout`) for the receiver to close too: then the guest has read everything.
+/// Call it in the sender's namespace (`Lab::run_in`).
+pub fn tcp_send(to: SocketAddr, bytes: u64, timeout: Duration) -> std::io::Result<TcpSendReport> {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&to, timeout)?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len() as u64) as usize;
+        for (k, b) in chunk[..n].iter_mut().enumerate() {
+            *b = crate::abi::net::tcp_stream_byte(sent + k as u64);
+        }
+        s.write_all(&chunk[..n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    // The guest closes after it has read our FIN (and everything before it).
+    let mut rest = [0u8; 64];
+    loop {
+        match s.read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(TcpSendReport { bytes: sent, elapsed: start.elapsed() })
+}
+
 /// The guest's console, line by line, from tinyvmm's stdout (run it without `--quiet`):
 /// a thread reads it so the child never blocks on a full pipe.
 pub struct GuestConsole {
