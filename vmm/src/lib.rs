@@ -60,6 +60,20 @@
 //! by its PM timer over that phase.
 
 //!
+//! ## The network workloads (`net-echo`, `net-rx`, `net-tx`, `net-hostile`)
+//!
+//! With `--net tap:NAME` the guest drives the NIC (`vmm/guest/src/net/rtl8139.rs`) under
+//! smoltcp; its accessors `ioread8/16/32` and `iowrite8/16/32` are real functions (each
+//! NIC exit's RIP is in one of them, its caller is the driver function). Per received
+//! packet in `--nic-mode irq`: one interrupt, `ioread16(ISR)` and `iowrite16(ISR)` in
+//! `rtl8139_interrupt`, `iowrite16(CAPR)` in `rtl8139_rx_one`, the EOI (`ack_irq`, port
+//! 0x20) called from `rtl8139_interrupt`. In `napi` mode one interrupt (ISR read, IMR mask,
+//! EOI) starts `rtl8139_poll`, which per packet reads CR (`ioread8`) and writes CAPR, and at
+//! the end acks ISR, reads CR once more and unmasks IMR. Per transmitted frame:
+//! `ioread32(TSD)` and `iowrite32(TSD)`. The workloads keep IRQ0 at the PIT's slowest rate
+//! (18.2 Hz) for their timeouts, and a halted guest is not re-entered until an interrupt is
+//! due. [`net::lab`] builds the test network, [`net::peer`] talks to the guest.
+//!
 //! ## The same guest under QEMU
 //!
 //! The guest ELF carries a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`), so
@@ -158,6 +172,22 @@ pub enum Workload {
     /// every access, per port, to compare with --stats-json. Needs --disk (a scratch image:
     /// it is written at random).
     Chaos,
+    /// Network: answer ping and UDP echo (port 7) for SECONDS (default 10). Needs --net.
+    NetEcho,
+    /// Network: receive COUNT datagrams of the stream format on UDP port 9000, checking
+    /// each one's sequence number and checksum; ends early after SECONDS (default 10)
+    /// without a datagram. Needs --net.
+    NetRx,
+    /// Network: send COUNT datagrams of --size bytes to HostA 198.18.0.1:9000. Needs --net.
+    NetTx,
+    /// Network: accept one TCP connection on port 9001 and read it to its end, checking
+    /// every byte of the stream pattern; gives up after SECONDS (default 10) without data.
+    /// Needs --net.
+    NetTcpRx,
+    /// Network: misprogram the NIC (descriptors and a ring outside RAM, oversized frames,
+    /// a ring that overflows), then check a frame still goes out and one comes in (it
+    /// pings the gateway). Needs --net.
+    NetHostile,
 }
 
 impl Workload {
@@ -171,6 +201,11 @@ impl Workload {
             Workload::TripleFault => "triple-fault",
             Workload::TimerDisk => "timer-disk",
             Workload::Chaos => "chaos",
+            Workload::NetEcho => "net-echo",
+            Workload::NetRx => "net-rx",
+            Workload::NetTx => "net-tx",
+            Workload::NetHostile => "net-hostile",
+            Workload::NetTcpRx => "net-tcp-rx",
         }
     }
 
@@ -184,7 +219,17 @@ impl Workload {
             Workload::TripleFault => abi::WL_TRIPLE_FAULT,
             Workload::TimerDisk => abi::WL_TIMER_DISK,
             Workload::Chaos => abi::WL_CHAOS,
+            Workload::NetEcho => abi::WL_NET_ECHO,
+            Workload::NetRx => abi::WL_NET_RX,
+            Workload::NetTx => abi::WL_NET_TX,
+            Workload::NetHostile => abi::WL_NET_HOSTILE,
+            Workload::NetTcpRx => abi::WL_NET_TCP_RX,
         }
+    }
+
+    /// The network workloads need a NIC (`--net tap:NAME`).
+    pub fn needs_net(self) -> bool {
+        matches!(self, Workload::NetEcho | Workload::NetRx | Workload::NetTx | Workload::NetHostile | Workload::NetTcpRx)
     }
 
     pub fn needs_disk(self) -> bool {
