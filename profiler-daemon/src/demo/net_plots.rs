@@ -88,3 +88,78 @@ pub(super) fn write_plots(out: &Path, n: &NetSection) -> Result<Vec<(String, Str
     }
     Ok(v)
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::demo::net_analysis::{no_napi_change, summarize, verdict};
+
+    fn stream(direction: &'static str, mbit_s: f64, per_packet: f64) -> Stream {
+        Stream {
+            direction,
+            datagrams_sent: 10,
+            datagrams_received: 10,
+            payload_bytes: 100,
+            bytes_sent: 1000,
+            bytes_received: 1000,
+            out_of_order: 0,
+            bad_checksums: 0,
+            seconds: 1.0,
+            mbit_s,
+            datagrams_per_s: 10.0,
+            exits: PacketExits { packets: 10, exits: (per_packet * 10.0) as u64, per_packet, nic_exits: 50, nic_per_packet: 5.0, irq_path_exits: 20, irq_path_per_packet: 2.0, exit_time_ns: 1 },
+            nic: NicCounts { rx_frames: 10, interrupts: 10, tinyvmm_register_exits: 70, recorded_register_exits: 70, ..NicCounts::default() },
+        }
+    }
+
+    fn runs(mode: &'static str, k: f64) -> ModeRuns {
+        ModeRuns {
+            mode,
+            to_guest: stream("to-guest", 2.0 * k, 9.0),
+            from_guest: stream("from-guest", 3.0 * k, 7.0),
+            rr: RequestResponse { transactions: 50, payload_bytes: 100, seconds: 1.0, per_s: 50.0 * k, mean_us: 20_000.0, exits: stream("rr", 0.0, 30.0).exits },
+        }
+    }
+
+    /// A network section with made-up numbers: irq at `k` times napi's throughput.
+    pub(in crate::demo) fn sample(k: f64) -> NetSection {
+        let rounds = vec![Round { irq: runs("irq", k), napi: runs("napi", 1.0) }];
+        let irq = summarize("irq", &rounds, |r| &r.irq);
+        let napi = summarize("napi", &rounds, |r| &r.napi);
+        let change = no_napi_change(&irq, &napi);
+        let path = |from, to, avg_ms| RttPath { from, to, address: "198.18.1.2".into(), sent: 5, received: 5, min_ms: avg_ms / 2.0, avg_ms, max_ms: avg_ms * 2.0, mdev_ms: 0.1 };
+        let hot = |f: &str, count| HotFn { rip: Some("0x100".into()), function: Some(format!("tinyvmm_guest::net::rtl8139::{f}")), reason: "IO".into(), count, time_ns: count * 10, percent: 10.0, mean_ns: 10, p50_ns: 10, p99_ns: 10 };
+        NetSection {
+            setup: NetSetup { lab: "l".into(), rtt: "r".into(), stream: "s".into(), exits: "e".into(), hot_functions: "h".into() },
+            paper: NetPaper::default(),
+            rtt: Rtt { mode: "napi", count: 5, interval_ms: 20.0, paths: vec![path("HostA", "HostB", 0.05), path("HostB", "guest", 2.0), path("HostA", "guest", 2.1)], guest_share_pct: 97.6 },
+            stream: NetStream { verdict: verdict(&change, 1), irq, napi, no_napi_change_pct: change, rounds },
+            hot_functions: NetHot { run: "net-rx".into(), rows: vec![hot("ioread16", 30), hot("iowrite16", 20)], total_exits: 60, total_time_ns: 600, paper_functions_found: vec!["ioread16".into(), "iowrite16".into()] },
+        }
+    }
+
+    #[test]
+    fn charts_plot_the_section_numbers() {
+        let n = sample(0.5);
+        let charts = charts(&n);
+        let get = |k: &str| charts.iter().find(|c| c.0 == k).map(|c| &c.2).unwrap();
+        assert_eq!(get("net_fig3").series[0].values, vec![0.05, 2.0, 2.1]);
+        assert_eq!(get("net_fig4").series[0].values, vec![2.0, 3.0]);
+        assert_eq!(get("net_fig4").series[1].values, vec![1.0, 1.5]);
+        assert_eq!(get("net_fig9").series[1].values, vec![50.0, 50.0, 50.0]);
+        assert_eq!(get("net_fig9").series[2].values, vec![160.0; 3]);
+        assert_eq!(get("net_table2").categories, vec!["ioread16", "iowrite16"]);
+        assert_eq!(n.stream.no_napi_change_pct.udp_rr, -50.0);
+        assert!(n.stream.verdict.starts_with("removing NAPI does not help here"), "{}", n.stream.verdict);
+    }
+
+    #[test]
+    fn text_has_ours_and_the_papers() {
+        let mut s = String::new();
+        crate::demo::net_text::render(&mut s, &sample(1.7), 6);
+        assert!(s.contains("6. Fig. 3") && s.contains("7. Fig. 4 / Fig. 9") && s.contains("8. Table 2"), "{s}");
+        assert!(s.contains("paper: ~33%") && s.contains("paper: +60% each") && s.contains("ioread16, iowrite16, ioread32, ioread8"), "{s}");
+        assert!(s.contains("removing NAPI helps here too"), "{s}");
+        assert!(s.contains("recorded = tinyvmm's NIC counters: yes"), "{s}");
+    }
+}
