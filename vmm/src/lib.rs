@@ -135,6 +135,18 @@ pub enum Workload {
     /// every access, per port, to compare with --stats-json. Needs --disk (a scratch image:
     /// it is written at random).
     Chaos,
+    /// Network: answer ping and UDP echo (port 7) for SECONDS (default 10). Needs --net.
+    NetEcho,
+    /// Network: receive COUNT datagrams of the stream format on UDP port 9000, checking
+    /// each one's sequence number and checksum; ends early after SECONDS (default 10)
+    /// without a datagram. Needs --net.
+    NetRx,
+    /// Network: send COUNT datagrams of --size bytes to HostA 198.18.0.1:9000. Needs --net.
+    NetTx,
+    /// Network: misprogram the NIC (descriptors and a ring outside RAM, oversized frames,
+    /// a ring that overflows), then check a frame still goes out and one comes in (it
+    /// pings the gateway). Needs --net.
+    NetHostile,
 }
 
 impl Workload {
@@ -148,6 +160,10 @@ impl Workload {
             Workload::TripleFault => "triple-fault",
             Workload::TimerDisk => "timer-disk",
             Workload::Chaos => "chaos",
+            Workload::NetEcho => "net-echo",
+            Workload::NetRx => "net-rx",
+            Workload::NetTx => "net-tx",
+            Workload::NetHostile => "net-hostile",
         }
     }
 
@@ -161,7 +177,16 @@ impl Workload {
             Workload::TripleFault => abi::WL_TRIPLE_FAULT,
             Workload::TimerDisk => abi::WL_TIMER_DISK,
             Workload::Chaos => abi::WL_CHAOS,
+            Workload::NetEcho => abi::WL_NET_ECHO,
+            Workload::NetRx => abi::WL_NET_RX,
+            Workload::NetTx => abi::WL_NET_TX,
+            Workload::NetHostile => abi::WL_NET_HOSTILE,
         }
+    }
+
+    /// The network workloads need a NIC (`--net tap:NAME`).
+    pub fn needs_net(self) -> bool {
+        matches!(self, Workload::NetEcho | Workload::NetRx | Workload::NetTx | Workload::NetHostile)
     }
 
     pub fn needs_disk(self) -> bool {

@@ -20,6 +20,9 @@ enum Cmd {
     /// Boot the guest, run one workload, print exit statistics.
     ///
     /// Example: tinyvmm run --disk disk.img --workload disk-write --count 1000 --batch-pio
+    ///
+    /// Network (in the test network, inside HostB's namespace, which holds the TAP):
+    /// ip netns exec HOSTB tinyvmm run --net tap:NAME --nic-mode napi --workload net-rx --count 1000
     Run(RunArgs),
     /// Write the bundled guest ELF (symbols + DWARF) to FILE, for symbolizing guest RIPs.
     GuestElf {
@@ -43,9 +46,10 @@ struct RunArgs {
     /// Sectors for disk-write/disk-read/timer-disk, iterations for pio-loop.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     count: u64,
-    /// Duration of the timer workload, measured by the guest on its PM timer.
-    #[arg(long, default_value_t = 1, value_name = "S")]
-    seconds: u64,
+    /// Duration of the timer workload, measured by the guest on its PM timer (default 1);
+    /// of net-echo, and net-rx's idle timeout (default 10).
+    #[arg(long, value_name = "S")]
+    seconds: Option<u64>,
     /// Merge each IDE command's register accesses into one doorbell hypercall.
     #[arg(long)]
     batch_pio: bool,
@@ -78,6 +82,22 @@ struct RunArgs {
     /// CAP_NET_ADMIN).
     #[arg(long, value_name = "none|tap:NAME", default_value = "none", value_parser = parse_net)]
     net: NetArg,
+    /// The guest NIC driver's receive mode: `irq` (an interrupt per packet: read ISR, ack,
+    /// take one packet) or `napi` (on an interrupt mask the NIC, poll the ring until empty
+    /// under a budget of 64, unmask).
+    #[arg(long, value_name = "irq|napi", default_value = "irq", value_parser = parse_nic_mode)]
+    nic_mode: vmm::abi::net::NicMode,
+    /// UDP payload bytes per datagram for net-tx (16-1472: the stream's header is 16).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    size: u32,
+    /// The guest's IPv4 address; its gateway is .1 of the same /24 (HostB in the test
+    /// network: 198.18.1.1).
+    #[arg(long, default_value = "198.18.1.2", value_name = "A.B.C.D")]
+    guest_ip: std::net::Ipv4Addr,
+}
+
+fn parse_nic_mode(s: &str) -> Result<vmm::abi::net::NicMode, String> {
+    vmm::abi::net::NicMode::parse(s).ok_or_else(|| format!("{s:?}: give `irq` or `napi`"))
 }
 
 #[derive(Clone, Debug)]
@@ -101,7 +121,10 @@ fn run(a: RunArgs) -> Result<i32> {
     }
     cfg.disk = a.disk;
     cfg.count = a.count;
-    cfg.seconds = a.seconds;
+    cfg.seconds = a.seconds.unwrap_or(if a.workload.needs_net() { 10 } else { 1 });
+    cfg.nic_mode = a.nic_mode;
+    cfg.net_size = a.size;
+    cfg.guest_ip = a.guest_ip.octets();
     cfg.batch_pio = a.batch_pio;
     cfg.pit_hz = a.pit_hz;
     cfg.skip_pmtmr_calibration = a.skip_pmtmr_calibration;

@@ -8,7 +8,7 @@ use crate::hypercall;
 use crate::stats::ExitStats;
 use kvm_bindings::kvm_interrupt;
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 /// How a run ended.
@@ -79,8 +79,6 @@ enum Io {
 
 pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Outcome, ExitStats, PortBus) {
     let mut st = ExitStats::default();
-    // The NIC's interrupt line as last seen: the 8259 takes an edge.
-    let mut nic_line = false;
     let outcome = loop {
         // IRQ0 from the PIT, then delivery through the PIC.
         if let Some(due) = bus.pit.irq_deadline() {
@@ -89,16 +87,7 @@ pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Ou
                 bus.pic.raise_irq(0);
             }
         }
-        // The NIC: frames waiting on its backend go into the guest's ring; a rising edge
-        // of its line is an interrupt request.
-        if let Some(nic) = bus.nic.as_mut() {
-            nic.poll_rx();
-            let level = nic.irq_level();
-            if level && !nic_line {
-                bus.pic.raise_irq(NIC_IRQ);
-            }
-            nic_line = level;
-        }
+        poll_nic(&mut bus);
         let pending = bus.pic.has_pending();
         {
             let run = vcpu.get_kvm_run();
@@ -206,30 +195,53 @@ pub fn run_loop(mut vcpu: VcpuFd, mut bus: PortBus, mem: GuestMemoryMmap) -> (Ou
     (outcome, st, bus)
 }
 
-/// The guest halted. Wake it with the next timer tick if it can take one; otherwise it
-/// would sleep forever, which ends the run.
+/// The NIC: frames waiting on its backend go into the guest's ring, and its interrupt line
+/// is level-triggered (a PCI INTx line, as the 8259 in level mode sees it): while the line
+/// is high and IRQ 5 is neither requested nor in service, it is requested. So a line still
+/// high after the guest's EOI (another packet in the ring) interrupts again, and no change
+/// of level between two looks can be lost.
+fn poll_nic(bus: &mut PortBus) {
+    if let Some(nic) = bus.nic.as_mut() {
+        nic.poll_rx();
+        if nic.irq_level() && !bus.pic.is_requested_or_in_service(NIC_IRQ) {
+            bus.pic.raise_irq(NIC_IRQ);
+        }
+    }
+}
+
+/// How often a halted guest's NIC is looked at for frames.
+const NIC_POLL: Duration = Duration::from_micros(100);
+
+/// The guest halted. It stays halted (the vCPU is not re-entered) until an interrupt it can
+/// take is due: the next timer tick, or a frame for its NIC (polled every 100 µs). If
+/// nothing could ever wake it, the run ends.
 fn on_halt(vcpu: &mut VcpuFd, bus: &mut PortBus) -> Option<Outcome> {
     let if_flag = vcpu.get_kvm_run().if_flag != 0;
     if bus.pic.has_pending() && if_flag {
         return None;
     }
-    // A guest waiting for a frame: look at the NIC again soon (the loop polls it).
     let nic_wakes = if_flag && bus.nic.is_some() && !bus.pic.is_masked(NIC_IRQ);
-    let nic_poll = Instant::now() + std::time::Duration::from_micros(100);
-    match bus.pit.irq_deadline() {
-        Some(due) if if_flag && !bus.pic.is_masked(0) => {
-            let due = if nic_wakes { due.min(nic_poll) } else { due };
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
+    let timer_due = bus.pit.irq_deadline().filter(|_| if_flag && !bus.pic.is_masked(0));
+    if !nic_wakes && timer_due.is_none() {
+        return Some(Outcome::HaltedForever { rip: rip(vcpu) });
+    }
+    loop {
+        let now = Instant::now();
+        if timer_due.is_some_and(|due| now >= due) {
+            return None;
+        }
+        if nic_wakes {
+            poll_nic(bus);
+            if bus.pic.has_pending() {
+                return None;
             }
-            None
         }
-        _ if nic_wakes => {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-            None
-        }
-        _ => Some(Outcome::HaltedForever { rip: rip(vcpu) }),
+        let until = match timer_due {
+            Some(due) if nic_wakes => (due - now).min(NIC_POLL),
+            Some(due) => due - now,
+            None => NIC_POLL,
+        };
+        std::thread::sleep(until);
     }
 }
 

@@ -36,6 +36,12 @@ pub struct VmConfig {
     /// The NIC's backend: `None` = no NIC (`--net none`), `Some(name)` = the TAP device
     /// `name` (`--net tap:NAME`).
     pub net_tap: Option<String>,
+    /// The guest driver's receive mode (`--nic-mode`).
+    pub nic_mode: crate::abi::net::NicMode,
+    /// Datagram size for `net-tx` (`--size`).
+    pub net_size: u32,
+    /// The guest's address (`--guest-ip`); its gateway is `.1` of its /24.
+    pub guest_ip: [u8; 4],
 }
 
 impl VmConfig {
@@ -54,6 +60,9 @@ impl VmConfig {
             echo_console: true,
             name: None,
             net_tap: None,
+            nic_mode: crate::abi::net::NicMode::Irq,
+            net_size: 64,
+            guest_ip: crate::abi::net::GUEST_IP,
         }
     }
 }
@@ -80,6 +89,20 @@ impl RunReport {
 pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
     if cfg.workload.needs_disk() && cfg.disk.is_none() {
         return Err(VmmError::Config(format!("workload {} needs --disk IMG", cfg.workload.name())));
+    }
+    if cfg.workload.needs_net() && cfg.net_tap.is_none() {
+        return Err(VmmError::Config(format!(
+            "workload {} needs a NIC: add --net tap:NAME (e.g. inside the test network: `ip netns exec HOSTB tinyvmm run --net tap:NAME ...`)",
+            cfg.workload.name()
+        )));
+    }
+    let size = cfg.net_size as usize;
+    if !(crate::abi::net::DATAGRAM_HEADER..=crate::abi::net::DATAGRAM_MAX).contains(&size) {
+        return Err(VmmError::Config(format!(
+            "--size {size}: a datagram is {} to {} bytes",
+            crate::abi::net::DATAGRAM_HEADER,
+            crate::abi::net::DATAGRAM_MAX
+        )));
     }
     if cfg.pit_hz == Some(0) {
         return Err(VmmError::Config("--pit-hz must be at least 1".into()));
@@ -138,6 +161,14 @@ pub fn run(cfg: &VmConfig) -> Result<RunReport, VmmError> {
         count: cfg.count,
         seconds: cfg.seconds,
         ram_size: mem_size,
+        net_size: cfg.net_size,
+        net_mode: cfg.nic_mode.abi(),
+        net_guest_ip: cfg.guest_ip,
+        net_gateway: [cfg.guest_ip[0], cfg.guest_ip[1], cfg.guest_ip[2], 1],
+        net_peer_ip: crate::abi::net::HOST_A_IP,
+        net_port: crate::abi::net::STREAM_PORT,
+        net_prefix: crate::abi::net::PREFIX_LEN,
+        _reserved: 0,
     };
     boot::write_boot_structures(&mem, &params)?;
 

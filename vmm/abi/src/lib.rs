@@ -23,12 +23,14 @@
 #[cfg(feature = "stats")]
 extern crate alloc;
 
+pub mod net;
 #[cfg(feature = "stats")]
 pub mod stats;
 
 /// `BootParams::magic`: "KVMP".
 pub const BOOT_PARAMS_MAGIC: u32 = 0x504d_564b;
-pub const BOOT_PARAMS_VERSION: u32 = 1;
+/// 2: the network fields (`net_*`) were added after `ram_size`.
+pub const BOOT_PARAMS_VERSION: u32 = 2;
 pub const BOOT_PARAMS_ADDR: u64 = 0x7000;
 pub const GDT_ADDR: u64 = 0x500;
 pub const PML4_ADDR: u64 = 0x9000;
@@ -48,6 +50,22 @@ pub struct BootParams {
     pub count: u64,
     pub seconds: u64,
     pub ram_size: u64,
+    /// Network workloads: datagram size in bytes (UDP payload, `--size`).
+    pub net_size: u32,
+    /// Network workloads: the driver's receive mode, [`net::NIC_MODE_IRQ`] or
+    /// [`net::NIC_MODE_NAPI`] (`--nic-mode`).
+    pub net_mode: u32,
+    /// The guest's IPv4 address (`--guest-ip`), octets in network order.
+    pub net_guest_ip: [u8; 4],
+    /// Its gateway, octets in network order.
+    pub net_gateway: [u8; 4],
+    /// Where `net-tx` sends (HostA), octets in network order.
+    pub net_peer_ip: [u8; 4],
+    /// The UDP port `net-tx` sends to and `net-rx` listens on.
+    pub net_port: u16,
+    /// Prefix length of `net_guest_ip`'s subnet.
+    pub net_prefix: u8,
+    pub _reserved: u8,
 }
 
 pub const WL_DISK_WRITE: u32 = 1;
@@ -59,6 +77,15 @@ pub const WL_TRIPLE_FAULT: u32 = 6;
 pub const WL_TIMER_DISK: u32 = 7;
 /// A seeded random stream of port accesses, hypercalls and IDE commands (`vmm/guest/src/chaos.rs`).
 pub const WL_CHAOS: u32 = 8;
+/// Answer ping and UDP echo (port 7) for `seconds` (`vmm/guest/src/net/`).
+pub const WL_NET_ECHO: u32 = 9;
+/// Receive `count` datagrams of the [`net`] stream format on `net_port`, checking each.
+pub const WL_NET_RX: u32 = 10;
+/// Send `count` datagrams of `net_size` bytes to `net_peer_ip:net_port`.
+pub const WL_NET_TX: u32 = 11;
+/// Misprogram the NIC on purpose (descriptors outside RAM, oversized frames, a ring
+/// outside RAM, a tiny ring that overflows), then check it still sends and receives.
+pub const WL_NET_HOSTILE: u32 = 12;
 
 pub const FLAG_BATCH_PIO: u32 = 1;
 pub const FLAG_SKIP_PMTMR_CALIBRATION: u32 = 2;
@@ -111,13 +138,13 @@ pub const BATCH_ERR_COUNT: u32 = 2;
 pub const BATCH_ERR_ENTRY: u32 = 3;
 
 const _: () = assert!(core::mem::size_of::<PioEntry>() == BATCH_ENTRY_SIZE);
-const _: () = assert!(core::mem::size_of::<BootParams>() == 40);
+const _: () = assert!(core::mem::size_of::<BootParams>() == 64);
 
 #[cfg(feature = "vm-memory")]
 mod guest_memory {
-    // SAFETY: BootParams is repr(C) of plain integers (u32 x4, u64 x3) with no padding
-    // (its size is checked above to be 40 = the sum of its fields); any bit pattern is a
-    // valid value.
+    // SAFETY: BootParams is repr(C) of plain integers and byte arrays (u32 x4, u64 x3,
+    // u32 x2, [u8; 4] x3, u16, u8 x2) with no padding (its size is checked above to be 64
+    // = the sum of its fields); any bit pattern is a valid value.
     unsafe impl vm_memory::ByteValued for super::BootParams {}
     // SAFETY: PioEntry is repr(C) of plain integers (u8, u8, u16, u32) with no padding
     // (its size is checked above to be 8); any bit pattern is a valid value.

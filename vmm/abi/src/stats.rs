@@ -128,6 +128,20 @@ impl RunStats {
     }
 }
 
+impl GuestReport {
+    /// A network workload's stream counts (`datagrams`, `bytes`, `bad_seq`,
+    /// `bad_checksum`), or `None` if this is not a network workload's report.
+    pub fn net_stream(&self) -> Option<crate::net::StreamCheck> {
+        Some(crate::net::StreamCheck {
+            datagrams: self.datagrams?,
+            bytes: self.bytes?,
+            bad_seq: self.bad_seq?,
+            bad_checksum: self.bad_checksum?,
+            next_seq: 0,
+        })
+    }
+}
+
 /// How a run ended. JSON: `"guest-exit"`, `"triple-fault"`, `"halted-forever"`,
 /// `"kvm-failure"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -435,6 +449,58 @@ pub struct GuestReport {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_u64_16_opt")]
     pub batch_readback: Option<u64>,
 
+    // Network workloads (net-echo, net-rx, net-tx, net-hostile): `crate::net::NetResult`
+    // prints these; `requested` and `pm_ticks` are shared with the disk workloads.
+    /// Network workloads: the driver's receive mode, `"irq"` or `"napi"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_mode: Option<String>,
+    /// Network workloads: the guest's IPv4 address, dotted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<String>,
+    /// net-tx: datagram size asked for (`--size`); 0 for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// net-rx: datagrams received on the stream port; net-tx: sent; net-echo: UDP echoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagrams: Option<u64>,
+    /// Their UDP payload bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// net-rx: datagrams out of sequence (see `crate::net::StreamCheck`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_seq: Option<u64>,
+    /// net-rx: datagrams whose checksum, magic or length was wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_checksum: Option<u64>,
+    /// net-rx: stopped on its idle timeout before `requested` datagrams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+    /// net-echo: ICMP echo requests to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_requests: Option<u64>,
+    /// Network workloads: frames the driver took from the receive ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_frames: Option<u64>,
+    /// Network workloads: frames the driver took from the ring and dropped because the
+    /// stack was behind (its software queue was full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_queue_drops: Option<u64>,
+    /// Network workloads: frames the driver handed to the NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_frames: Option<u64>,
+    /// Network workloads: NIC interrupts the guest took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_interrupts: Option<u64>,
+    /// Network workloads: NAPI polls (0 in irq mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub napi_polls: Option<u64>,
+    /// net-hostile: the NIC status bits its misprogramming raised, ORed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostile_isr: Option<u16>,
+    /// net-hostile: a frame went out and one came in after the misprogramming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostile_recovered: Option<bool>,
+
     // chaos (vmm/guest/src/chaos.rs): the guest's own counts of what it did.
     /// chaos: the seed (`--count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -576,6 +642,44 @@ fn parse_hex(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    /// The guest prints `NetResult`; tinyvmm reads the line as a `GuestReport`: every field
+    /// the guest writes is declared, and the counts come back.
+    #[test]
+    fn the_guests_network_result_line_parses_as_a_report() {
+        use crate::net::{NetResult, NicMode, StreamCheck};
+        for workload in ["net-rx", "net-hostile"] {
+            let r = NetResult {
+                workload,
+                ok: true,
+                nic_mode: NicMode::Napi,
+                guest_ip: [198, 18, 1, 2],
+                requested: 500,
+                size: 64,
+                stream: StreamCheck { datagrams: 499, bytes: 31936, bad_seq: 1, bad_checksum: 2, next_seq: 7 },
+                timed_out: true,
+                echo_requests: 3,
+                rx_frames: 510,
+                rx_queue_drops: 6,
+                tx_frames: 4,
+                rx_interrupts: 90,
+                napi_polls: 95,
+                pm_ticks: 123456,
+                hostile_isr: 0x8018,
+                hostile_recovered: true,
+            };
+            let line = r.to_string();
+            let g: GuestReport = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(g.nic_mode.as_deref(), Some("napi"));
+            assert_eq!(g.guest_ip.as_deref(), Some("198.18.1.2"));
+            assert_eq!((g.requested, g.size, g.timed_out, g.echo_requests), (Some(500), Some(64), Some(true), Some(3)));
+            assert_eq!((g.rx_frames, g.rx_queue_drops, g.tx_frames, g.rx_interrupts, g.napi_polls, g.pm_ticks), (Some(510), Some(6), Some(4), Some(90), Some(95), Some(123456)));
+            assert_eq!(g.net_stream(), Some(StreamCheck { next_seq: 0, ..r.stream }));
+            let hostile = workload == "net-hostile";
+            assert_eq!((g.hostile_isr.is_some(), g.hostile_recovered.is_some()), (hostile, hostile));
+            assert_eq!(serde_json::to_value(&g).unwrap(), serde_json::from_str::<Value>(&line).unwrap());
+        }
+    }
 
     /// A document as tinyvmm wrote it (a 3-sector disk-write, trimmed by hand).
     fn sample() -> Value {

@@ -4,7 +4,8 @@
 //!
 //! Words, separated by spaces, tinyvmm's `run` flags without the dashes:
 //! `workload=disk-write|disk-read|timer|pio-loop|hostile|triple-fault|timer-disk`,
-//! `count=N`, `seconds=S`, `batch-pio`, `skip-pmtmr-calibration`, and for QEMU
+//! `net-echo|net-rx|net-tx|net-hostile` (they need tinyvmm's NIC at 0xc000, IRQ 5),
+//! `count=N`, `seconds=S`, `size=BYTES`, `nic-mode=irq|napi`, `batch-pio`, `skip-pmtmr-calibration`, and for QEMU
 //! `pmtmr=PORT` (else from the ACPI FADT, else 0x608), `exit-port=PORT` (isa-debug-exit's
 //! iobase, default 0xf4), `wait=serial` (print `@@waiting` and start the workload only when a
 //! byte arrives on COM1: lets a profiler attach to a booted guest first). Numbers are decimal
@@ -47,6 +48,10 @@ fn workload(name: &[u8]) -> Option<u32> {
         b"hostile" => WL_HOSTILE,
         b"triple-fault" => WL_TRIPLE_FAULT,
         b"timer-disk" => WL_TIMER_DISK,
+        b"net-echo" => WL_NET_ECHO,
+        b"net-rx" => WL_NET_RX,
+        b"net-tx" => WL_NET_TX,
+        b"net-hostile" => WL_NET_HOSTILE,
         _ => return None,
     })
 }
@@ -54,7 +59,23 @@ fn workload(name: &[u8]) -> Option<u32> {
 /// Parses `text`; on error returns the offending word.
 pub fn parse(text: &[u8]) -> Result<Cmdline, &[u8]> {
     let mut c = Cmdline {
-        params: BootParams { magic: BOOT_PARAMS_MAGIC, version: BOOT_PARAMS_VERSION, workload: 0, flags: 0, count: 1000, seconds: 1, ram_size: 0 },
+        params: BootParams {
+            magic: BOOT_PARAMS_MAGIC,
+            version: BOOT_PARAMS_VERSION,
+            workload: 0,
+            flags: 0,
+            count: 1000,
+            seconds: 1,
+            ram_size: 0,
+            net_size: 64,
+            net_mode: net::NIC_MODE_IRQ,
+            net_guest_ip: net::GUEST_IP,
+            net_gateway: net::GATEWAY_IP,
+            net_peer_ip: net::HOST_A_IP,
+            net_port: net::STREAM_PORT,
+            net_prefix: net::PREFIX_LEN,
+            _reserved: 0,
+        },
         pmtmr: None,
         exit_port: DEFAULT_EXIT_PORT,
         wait_serial: false,
@@ -74,6 +95,9 @@ pub fn parse(text: &[u8]) -> Result<Cmdline, &[u8]> {
             (b"pmtmr", v) => c.pmtmr = Some(port(v).ok_or(word)?),
             (b"exit-port", v) => c.exit_port = port(v).ok_or(word)?,
             (b"wait", Some(b"serial")) => c.wait_serial = true,
+            (b"size", v) => c.params.net_size = v.and_then(number).and_then(|n| u32::try_from(n).ok()).ok_or(word)?,
+            (b"nic-mode", Some(b"irq")) => c.params.net_mode = net::NIC_MODE_IRQ,
+            (b"nic-mode", Some(b"napi")) => c.params.net_mode = net::NIC_MODE_NAPI,
             _ => return Err(word),
         }
     }

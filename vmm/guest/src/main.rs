@@ -13,6 +13,7 @@ mod chaos;
 mod cmdline;
 mod ide;
 mod io;
+mod net;
 mod platform;
 mod pvh;
 mod serial;

@@ -96,32 +96,38 @@ extern "C" {
 struct Idt([u64; 512]);
 static mut IDT: Idt = Idt([0; 512]);
 
-/// Installs the IRQ0 gate; every other vector stays not-present, so any exception ends
-/// in a triple fault that tinyvmm reports.
+/// Installs the IRQ0 gate and loads the IDT; every other vector stays not-present (until
+/// [`idt_set_gate`] fills one), so any exception ends in a triple fault that tinyvmm reports.
 pub fn idt_init() {
-    let handler = timer_isr_entry as *const () as u64;
+    idt_set_gate(TIMER_VECTOR, timer_isr_entry as *const () as u64);
+    let idt = &raw const IDT;
+    let desc: [u16; 5] = [
+        (256 * 16 - 1) as u16,
+        idt as u64 as u16,
+        (idt as u64 >> 16) as u16,
+        (idt as u64 >> 32) as u16,
+        (idt as u64 >> 48) as u16,
+    ];
+    // SAFETY: `lidt` reads the 10-byte descriptor from `desc` (alive across the asm) and
+    // loads a table that is a static, so it stays valid for the rest of the run.
+    unsafe { asm!("lidt [{0}]", in(reg) desc.as_ptr(), options(readonly, nostack)) };
+}
+
+/// Points `vector` at `handler` (an assembly entry ending in `iretq`) with an interrupt
+/// gate (IF cleared on entry). Call it with interrupts off.
+pub fn idt_set_gate(vector: u8, handler: u64) {
     let cs: u16;
     // SAFETY: reads the CS selector into a register; no memory, stack or flags touched.
     unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack)) };
     let lo = (handler & 0xffff) | (cs as u64) << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
     let hi = handler >> 32;
-    // SAFETY: IDT is written only here, once at boot, before interrupts are enabled, on
-    // the only vCPU, through a raw pointer (no reference to the static mut is made). The
-    // gate points at `timer_isr_entry` with this CS; `lidt` reads the 10-byte descriptor
-    // from `desc` (alive across the asm) and loads a table that is a static, so it stays
-    // valid for the rest of the run; every other vector is not present (a triple fault).
+    // SAFETY: IDT is written only here, with interrupts off, on the only vCPU, through a
+    // raw pointer (no reference to the static mut is made); the index is in bounds (a u8
+    // vector times 2, plus 1, of 512 entries).
     unsafe {
         let idt = &raw mut IDT;
-        (*idt).0[TIMER_VECTOR as usize * 2] = lo;
-        (*idt).0[TIMER_VECTOR as usize * 2 + 1] = hi;
-        let desc: [u16; 5] = [
-            (256 * 16 - 1) as u16,
-            idt as u64 as u16,
-            (idt as u64 >> 16) as u16,
-            (idt as u64 >> 32) as u16,
-            (idt as u64 >> 48) as u16,
-        ];
-        asm!("lidt [{0}]", in(reg) desc.as_ptr(), options(readonly, nostack));
+        (*idt).0[vector as usize * 2] = lo;
+        (*idt).0[vector as usize * 2 + 1] = hi;
     }
 }
 

@@ -107,6 +107,13 @@ impl Pic {
         Some(self.master.vector_base.wrapping_add(irq))
     }
 
+    /// Whether master line `irq` is requested (IRR) or in service (ISR): a level-triggered
+    /// source raises its line again only when neither.
+    pub fn is_requested_or_in_service(&self, irq: u8) -> bool {
+        let bit = 1u8 << (irq & 7);
+        (self.master.irr | self.master.isr) & bit != 0
+    }
+
     pub fn is_masked(&self, irq: u8) -> bool {
         self.master.imr & (1 << (irq & 7)) != 0
     }

@@ -359,6 +359,12 @@ impl Rtl8139 {
                 // The driver writes its read offset − 16, as a free-running u16: taken modulo
                 // the ring. A hostile value only misplaces packets inside the guest's ring.
                 self.rx_read = u32::from((value as u16).wrapping_add(16)) % self.ring_len();
+                // A packet still in the ring raises ROK again, as a new one would: a driver
+                // that takes one packet per interrupt is never left with one unannounced.
+                if self.rx_read != self.rx_write {
+                    self.isr |= isr::ROK;
+                    self.update_irq();
+                }
             }
             reg::IMR => {
                 self.imr = value as u16;

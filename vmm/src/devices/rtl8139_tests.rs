@@ -159,6 +159,30 @@ fn a_full_ring_drops_and_says_so() {
     assert_eq!(r16(&mut n, reg::ISR) & isr::RXOVW, isr::RXOVW);
 }
 
+/// A driver taking one packet per interrupt (the guest's `irq` mode): after it acks ISR and
+/// moves CAPR past one packet, a packet still in the ring raises ROK (and the line) again;
+/// past the last one, nothing does.
+#[test]
+fn capr_past_one_packet_of_two_raises_rok_again() {
+    let (mut n, q, _mem) = nic();
+    w32(&mut n, reg::RBSTART, 0x4000);
+    w32(&mut n, reg::RCR, rcr::APM | rcr::WRAP);
+    w8(&mut n, reg::CR, cr::RE);
+    w16(&mut n, reg::IMR, isr::ROK);
+    q.incoming.lock().unwrap().extend([frame(MAC, 60, 1), frame(MAC, 60, 2)]);
+    assert_eq!(n.poll_rx(), 2);
+    assert_eq!(n.stats.interrupts, 1);
+    let per_packet = 4 + 60 + 4;
+    for (taken, more) in [(1u16, true), (2, false)] {
+        w16(&mut n, reg::ISR, r16(&mut n, reg::ISR));
+        assert!(!n.irq_level(), "acked");
+        w16(&mut n, reg::CAPR, (taken * per_packet).wrapping_sub(16));
+        assert_eq!(r16(&mut n, reg::ISR) & isr::ROK != 0, more, "after {taken} packet(s)");
+        assert_eq!(n.irq_level(), more);
+    }
+    assert_eq!(n.stats.interrupts, 2, "one rising edge per packet");
+}
+
 /// A deterministic stream of numbers.
 struct Lcg(u64);
 impl Lcg {
