@@ -4,8 +4,9 @@
 # net-tx with the guest driver in irq and then napi mode, interleaved; medians are reported)
 # and longer streams. Prints the demo's text (sections 1-3 here) and then the BENCHMARKS.md
 # table: per round and mode, throughput, request/response rate and exits per packet.
-#   usage: sudo scripts/bench-net.sh [ROUNDS] [DATAGRAMS] [SIZE] [RR_SECONDS]
-#   e.g.   sudo scripts/bench-net.sh 5 1000 1024 5
+#   usage: sudo scripts/bench-net.sh [ROUNDS] [TO_GUEST] [FROM_GUEST] [SIZE] [RR_SECONDS]
+#   (datagrams offered to the guest at 1000/s, datagrams it sends, UDP payload bytes)
+#   e.g.   sudo scripts/bench-net.sh 5 2000 600 1024 5
 # Work files (recordings, consoles, plots, demo.json) stay in $OUT (default: a temp dir, kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,15 +15,17 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 rounds=${1:-5}
-datagrams=${2:-1000}
-size=${3:-1024}
-rr_seconds=${4:-5}
+to_guest=${2:-2000}
+from_guest=${3:-600}
+size=${4:-1024}
+rr_seconds=${5:-5}
 out=${OUT:-$(mktemp -d /tmp/kvmprof-bench-net.XXXXXX)}
 bin=${CARGO_TARGET_DIR:-target}/release
 export PATH="${KVMPROF_CACHE:-/var/cache/kvmprof}/bin:$PATH"
 cargo build --release --workspace --bins --quiet
 
-"$bin/kvmprof" demo --sections net --out "$out" --net-rounds "$rounds" --net-datagrams "$datagrams" \
+"$bin/kvmprof" demo --sections net --out "$out" --net-rounds "$rounds" --net-to-guest "$to_guest" \
+  --net-from-guest "$from_guest" \
   --net-size "$size" --net-rr-seconds "$rr_seconds" >"$out/bench.txt"
 cat "$out/bench.txt"
 

@@ -44,12 +44,18 @@ pub struct DemoArgs {
     /// net: pings per path (Fig. 3).
     #[arg(long, value_name = "N", default_value_t = NetOptions::default().pings)]
     net_pings: u32,
-    /// net: datagrams of each UDP stream (to and from the guest).
-    #[arg(long, value_name = "N", default_value_t = NetOptions::default().datagrams)]
-    net_datagrams: u64,
+    /// net: datagrams HostA offers to the guest (net-rx), at --net-rate.
+    #[arg(long, value_name = "N", default_value_t = NetOptions::default().to_guest)]
+    net_to_guest: u64,
+    /// net: datagrams the guest sends to HostA (net-tx), as fast as it can.
+    #[arg(long, value_name = "N", default_value_t = NetOptions::default().from_guest)]
+    net_from_guest: u64,
     /// net: UDP payload bytes per datagram (16-1472), streams and request/response.
     #[arg(long, value_name = "BYTES", default_value_t = NetOptions::default().size)]
     net_size: u64,
+    /// net: datagrams per second HostA offers to the guest (above what it takes: the excess is dropped and counted).
+    #[arg(long, value_name = "N", default_value_t = NetOptions::default().rate)]
+    net_rate: f64,
     /// net: seconds of UDP request/response per driver mode.
     #[arg(long, value_name = "S", default_value_t = NetOptions::default().rr_seconds)]
     net_rr_seconds: f64,
@@ -69,7 +75,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         anyhow::bail!("--tinyvmm {}: no such file", p.display());
     }
     let sections = Sections { disk: a.sections.iter().any(|s| s == "disk"), net: a.sections.iter().any(|s| s == "net") };
-    let net = NetOptions { pings: a.net_pings, datagrams: a.net_datagrams, size: a.net_size, rr_seconds: a.net_rr_seconds, rounds: a.net_rounds };
+    let net = NetOptions { pings: a.net_pings, to_guest: a.net_to_guest, from_guest: a.net_from_guest, size: a.net_size, rate: a.net_rate, rr_seconds: a.net_rr_seconds, rounds: a.net_rounds };
     net.check()?;
     let res = demo::run(&DemoOptions { out: a.out, tinyvmm: a.tinyvmm, sections, sectors: a.sectors, timer_seconds: a.timer_seconds, net, progress: !a.quiet })?;
     if a.json {
