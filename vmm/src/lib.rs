@@ -60,6 +60,20 @@
 //! by its PM timer over that phase.
 
 //!
+//! ## The network workloads (`net-echo`, `net-rx`, `net-tx`, `net-hostile`)
+//!
+//! With `--net tap:NAME` the guest drives the NIC (`vmm/guest/src/net/rtl8139.rs`) under
+//! smoltcp; its accessors `ioread8/16/32` and `iowrite8/16/32` are real functions (each
+//! NIC exit's RIP is in one of them, its caller is the driver function). Per received
+//! packet in `--nic-mode irq`: one interrupt, `ioread16(ISR)` and `iowrite16(ISR)` in
+//! `rtl8139_interrupt`, `iowrite16(CAPR)` in `rtl8139_rx_one`, the EOI (`ack_irq`, port
+//! 0x20) called from `rtl8139_interrupt`. In `napi` mode one interrupt (ISR read, IMR mask,
+//! EOI) starts `rtl8139_poll`, which per packet reads CR (`ioread8`) and writes CAPR, and at
+//! the end acks ISR, reads CR once more and unmasks IMR. Per transmitted frame:
+//! `ioread32(TSD)` and `iowrite32(TSD)`. The workloads keep IRQ0 at the PIT's slowest rate
+//! (18.2 Hz) for their timeouts, and a halted guest is not re-entered until an interrupt is
+//! due. [`net::lab`] builds the test network, [`net::peer`] talks to the guest.
+//!
 //! ## The same guest under QEMU
 //!
 //! The guest ELF carries a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`), so
@@ -143,6 +157,10 @@ pub enum Workload {
     NetRx,
     /// Network: send COUNT datagrams of --size bytes to HostA 198.18.0.1:9000. Needs --net.
     NetTx,
+    /// Network: accept one TCP connection on port 9001 and read it to its end, checking
+    /// every byte of the stream pattern; gives up after SECONDS (default 10) without data.
+    /// Needs --net.
+    NetTcpRx,
     /// Network: misprogram the NIC (descriptors and a ring outside RAM, oversized frames,
     /// a ring that overflows), then check a frame still goes out and one comes in (it
     /// pings the gateway). Needs --net.
@@ -164,6 +182,7 @@ impl Workload {
             Workload::NetRx => "net-rx",
             Workload::NetTx => "net-tx",
             Workload::NetHostile => "net-hostile",
+            Workload::NetTcpRx => "net-tcp-rx",
         }
     }
 
@@ -181,12 +200,13 @@ impl Workload {
             Workload::NetRx => abi::WL_NET_RX,
             Workload::NetTx => abi::WL_NET_TX,
             Workload::NetHostile => abi::WL_NET_HOSTILE,
+            Workload::NetTcpRx => abi::WL_NET_TCP_RX,
         }
     }
 
     /// The network workloads need a NIC (`--net tap:NAME`).
     pub fn needs_net(self) -> bool {
-        matches!(self, Workload::NetEcho | Workload::NetRx | Workload::NetTx | Workload::NetHostile)
+        matches!(self, Workload::NetEcho | Workload::NetRx | Workload::NetTx | Workload::NetHostile | Workload::NetTcpRx)
     }
 
     pub fn needs_disk(self) -> bool {

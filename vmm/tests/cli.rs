@@ -116,3 +116,19 @@ fn vcpu_thread_name_and_memory_map_let_a_profiler_read_guest_memory() {
     assert_eq!(got, want);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn network_arguments_that_cannot_work_get_one_clear_line() {
+    require_kvm();
+    for wl in ["net-echo", "net-rx", "net-tx", "net-tcp-rx", "net-hostile"] {
+        one_line_error(&["run", "--workload", wl], 1, "needs a NIC: add --net tap:NAME");
+    }
+    one_line_error(&["run", "--workload", "net-tx", "--net", "tap:x", "--size", "15"], 1, "--size 15: a datagram is 16 to 1472 bytes");
+    one_line_error(&["run", "--workload", "net-tx", "--net", "tap:x", "--size", "1473"], 1, "a datagram is 16 to 1472 bytes");
+    for (flag, value) in [("--nic-mode", "poll"), ("--guest-ip", "198.18.1"), ("--net", "tun:x")] {
+        let bad = tinyvmm().args(["run", "--workload", "net-echo", flag, value]).output().unwrap();
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.starts_with(&format!("error: invalid value '{value}' for '{flag}")), "{err}");
+    }
+}

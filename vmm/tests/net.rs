@@ -169,3 +169,17 @@ fn a_hostile_guest_driver_is_counted_and_the_nic_recovers() {
     assert!(nic.rx_dropped_ring_full > 0, "the full ring dropped replies: {nic:?}");
     assert_eq!(s.outcome, vmm::abi::stats::RunOutcome::GuestExit);
 }
+
+/// TCP (smoltcp's) into the guest: a 64 KiB stream from HostA arrives whole and in order.
+#[test]
+fn net_tcp_rx_reads_a_stream_from_host_a_intact() {
+    const BYTES: u64 = 64 * 1024;
+    let lab = Lab::new().expect("test network");
+    let guest = Guest::start(&lab, &["--workload", "net-tcp-rx", "--nic-mode", "napi"]);
+    let sent = Lab::run_in(&lab.host_a, || peer::tcp_send(guest_addr(vmm::abi::net::TCP_STREAM_PORT), BYTES, Duration::from_secs(20)))
+        .unwrap()
+        .expect("TCP send");
+    let g = guest.finish().guest.expect("guest report");
+    println!("{sent:?}: {:.0} KiB/s\n{g:?}", BYTES as f64 / 1024.0 / sent.elapsed.as_secs_f64());
+    assert_eq!((g.status.as_deref(), g.bytes, g.bad_checksum, g.timed_out), (Some("ok"), Some(BYTES), Some(0), Some(false)), "{g:?}");
+}

@@ -86,6 +86,9 @@ pub const WL_NET_TX: u32 = 11;
 /// Misprogram the NIC on purpose (descriptors outside RAM, oversized frames, a ring
 /// outside RAM, a tiny ring that overflows), then check it still sends and receives.
 pub const WL_NET_HOSTILE: u32 = 12;
+/// Accept one TCP connection on [`net::TCP_STREAM_PORT`] and read it to its end, checking
+/// every byte against [`net::tcp_stream_byte`].
+pub const WL_NET_TCP_RX: u32 = 13;
 
 pub const FLAG_BATCH_PIO: u32 = 1;
 pub const FLAG_SKIP_PMTMR_CALIBRATION: u32 = 2;

@@ -46,6 +46,16 @@ pub const ECHO_PORT: u16 = 7;
 /// UDP port of the streams: `net-rx` listens on it, `net-tx` sends to HostA's.
 pub const STREAM_PORT: u16 = 9000;
 
+/// TCP port `net-tcp-rx` listens on.
+pub const TCP_STREAM_PORT: u16 = 9001;
+
+/// Byte `i` of a TCP stream (`net-tcp-rx`, `vmm::net::peer::tcp_send`): not periodic in
+/// any small power of two, so a lost, repeated or reordered segment shows.
+#[inline]
+pub fn tcp_stream_byte(i: u64) -> u8 {
+    (i ^ (i >> 8).wrapping_mul(31) ^ (i >> 16).wrapping_mul(7)) as u8
+}
+
 /// `BootParams::net_mode`: one interrupt per received packet (read ISR, ack, handle one).
 pub const NIC_MODE_IRQ: u32 = 0;
 /// `BootParams::net_mode`: on an interrupt mask the NIC's interrupts (IMR), poll the ring
@@ -204,7 +214,7 @@ impl StreamCheck {
 /// names are these) and by consumers through `GuestReport::net`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetResult {
-    /// `net-echo`, `net-rx`, `net-tx` or `net-hostile`.
+    /// `net-echo`, `net-rx`, `net-tx`, `net-tcp-rx` or `net-hostile`.
     pub workload: &'static str,
     pub ok: bool,
     pub nic_mode: NicMode,
@@ -214,9 +224,12 @@ pub struct NetResult {
     /// `--size` (`net-tx`), else 0.
     pub size: u64,
     /// `net-rx`: datagrams received on the stream port, their bytes and errors;
-    /// `net-tx`: datagrams and bytes sent; `net-echo`: UDP echoes answered and their bytes.
+    /// `net-tx`: datagrams and bytes sent; `net-echo`: UDP echoes answered and their bytes;
+    /// `net-tcp-rx`: `bytes` received, `bad_checksum` = bytes that differed from
+    /// [`tcp_stream_byte`] (datagrams and `bad_seq` 0).
     pub stream: StreamCheck,
-    /// `net-rx`: it stopped on its idle timeout before `requested` datagrams.
+    /// `net-rx`: it stopped on its idle timeout before `requested` datagrams; `net-tcp-rx`:
+    /// before the sender closed the connection.
     pub timed_out: bool,
     /// `net-echo`: ICMP echo requests to the guest's address (smoltcp answers each).
     pub echo_requests: u64,

@@ -4,7 +4,7 @@
 //!
 //! Words, separated by spaces, tinyvmm's `run` flags without the dashes:
 //! `workload=disk-write|disk-read|timer|pio-loop|hostile|triple-fault|timer-disk`,
-//! `net-echo|net-rx|net-tx|net-hostile` (they need tinyvmm's NIC at 0xc000, IRQ 5),
+//! `net-echo|net-rx|net-tx|net-tcp-rx|net-hostile` (they need tinyvmm's NIC at 0xc000, IRQ 5),
 //! `count=N`, `seconds=S`, `size=BYTES`, `nic-mode=irq|napi`, `batch-pio`, `skip-pmtmr-calibration`, and for QEMU
 //! `pmtmr=PORT` (else from the ACPI FADT, else 0x608), `exit-port=PORT` (isa-debug-exit's
 //! iobase, default 0xf4), `wait=serial` (print `@@waiting` and start the workload only when a
@@ -52,6 +52,7 @@ fn workload(name: &[u8]) -> Option<u32> {
         b"net-rx" => WL_NET_RX,
         b"net-tx" => WL_NET_TX,
         b"net-hostile" => WL_NET_HOSTILE,
+        b"net-tcp-rx" => WL_NET_TCP_RX,
         _ => return None,
     })
 }

@@ -230,7 +230,7 @@ pub fn run(p: &BootParams, cal: Option<Calibration>) -> u8 {
         }
         WL_HOSTILE => hostile(p),
         WL_CHAOS => crate::chaos::run(p),
-        WL_NET_ECHO | WL_NET_RX | WL_NET_TX | WL_NET_HOSTILE => status = crate::net::run(p),
+        WL_NET_ECHO | WL_NET_RX | WL_NET_TX | WL_NET_HOSTILE | WL_NET_TCP_RX => status = crate::net::run(p),
         WL_TRIPLE_FAULT => {
             kprint!("triple fault: ud2 with no exception handlers\n");
             // SAFETY: on purpose: #UD with no IDT gate for it is a triple fault, which

@@ -174,7 +174,8 @@ fn capr_past_one_packet_of_two_raises_rok_again() {
     assert_eq!(n.stats.interrupts, 1);
     let per_packet = 4 + 60 + 4;
     for (taken, more) in [(1u16, true), (2, false)] {
-        w16(&mut n, reg::ISR, r16(&mut n, reg::ISR));
+        let status = r16(&mut n, reg::ISR);
+        w16(&mut n, reg::ISR, status);
         assert!(!n.irq_level(), "acked");
         w16(&mut n, reg::CAPR, (taken * per_packet).wrapping_sub(16));
         assert_eq!(r16(&mut n, reg::ISR) & isr::ROK != 0, more, "after {taken} packet(s)");

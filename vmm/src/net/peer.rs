@@ -173,6 +173,47 @@ pub fn request_response(
     Ok(r)
 }
 
+/// What [`tcp_send`] sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TcpSendReport {
+    pub bytes: u64,
+    /// From connecting to the receiver's close (everything acknowledged and read).
+    pub elapsed: Duration,
+}
+
+/// Connects to `to`, sends `bytes` bytes of the TCP stream pattern
+/// (`tinyvmm_abi::net::tcp_stream_byte`), closes its sending side and waits (up to
+/// `timeout`) for the receiver to close too: then the guest has read everything.
+/// Call it in the sender's namespace (`Lab::run_in`).
+pub fn tcp_send(to: SocketAddr, bytes: u64, timeout: Duration) -> std::io::Result<TcpSendReport> {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&to, timeout)?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len() as u64) as usize;
+        for (k, b) in chunk[..n].iter_mut().enumerate() {
+            *b = crate::abi::net::tcp_stream_byte(sent + k as u64);
+        }
+        s.write_all(&chunk[..n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    // The guest closes after it has read our FIN (and everything before it).
+    let mut rest = [0u8; 64];
+    loop {
+        match s.read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(TcpSendReport { bytes: sent, elapsed: start.elapsed() })
+}
+
 /// The guest's console, line by line, from tinyvmm's stdout (run it without `--quiet`):
 /// a thread reads it so the child never blocks on a full pipe.
 pub struct GuestConsole {
@@ -227,5 +268,46 @@ impl GuestConsole {
             self.lines.push(l);
         }
         &self.lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peers against each other on loopback: a stream arrives whole and checked, a
+    /// damaged or reordered one is counted, request/response is answered by an echo thread.
+    #[test]
+    fn stream_and_request_response_over_loopback() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let sent = send_stream(&tx, to, 50, 100, Some(5000.0)).unwrap();
+        assert_eq!((sent.datagrams, sent.bytes), (50, 5000));
+        let got = receive_stream(&rx, 50, Duration::from_secs(2)).unwrap();
+        assert_eq!((got.check.datagrams, got.check.bytes, got.check.bad_seq, got.check.bad_checksum, got.timed_out), (50, 5000, 0, 0, false));
+        // A reordered pair and a damaged datagram.
+        let mut b = [0u8; 32];
+        for seq in [1u32, 0] {
+            fill_datagram(&mut b, seq);
+            tx.send_to(&b, to).unwrap();
+        }
+        b[20] ^= 1;
+        tx.send_to(&b, to).unwrap();
+        let got = receive_stream(&rx, 10, Duration::from_millis(200)).unwrap();
+        assert_eq!((got.check.datagrams, got.check.bad_seq, got.check.bad_checksum, got.timed_out), (3, 2, 1, true));
+        assert!(send_stream(&tx, to, 1, 15, None).is_err(), "a datagram shorter than its header");
+
+        let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        let rr = request_response(&tx, echo_addr, 64, Duration::from_secs(5), 100, Duration::from_secs(1)).unwrap();
+        assert_eq!((rr.transactions, rr.timeouts, rr.bad_replies), (100, 0, 0));
+        assert!(rr.per_second() > 0.0);
     }
 }

@@ -114,7 +114,7 @@ static mut UDP_RX_META: [udp::PacketMetadata; UDP_META] = [udp::PacketMetadata::
 static mut UDP_RX_BUF: [u8; UDP_BYTES] = [0; UDP_BYTES];
 static mut UDP_TX_META: [udp::PacketMetadata; UDP_META] = [udp::PacketMetadata::EMPTY; UDP_META];
 static mut UDP_TX_BUF: [u8; UDP_BYTES] = [0; UDP_BYTES];
-static mut SOCKETS: [SocketStorage<'static>; 2] = [SocketStorage::EMPTY; 2];
+static mut SOCKETS: [SocketStorage<'static>; 3] = [SocketStorage::EMPTY; 3];
 
 /// Everything a workload drives: the interface, its one UDP socket, the device.
 struct Stack {
@@ -143,18 +143,14 @@ impl Stack {
             let _ = a.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), p.net_prefix));
         });
         let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(gw[0], gw[1], gw[2], gw[3]));
+        let (rx_meta, rx_buf) = (&raw mut UDP_RX_META, &raw mut UDP_RX_BUF);
+        let (tx_meta, tx_buf, storage) = (&raw mut UDP_TX_META, &raw mut UDP_TX_BUF, &raw mut SOCKETS);
         // SAFETY: these statics are borrowed here once, for the rest of the run (a workload
         // runs once and never returns to build another Stack); no other code names them.
-        let (socket, sockets) = unsafe {
-            let rx_meta: &'static mut [udp::PacketMetadata] = &mut *(&raw mut UDP_RX_META);
-            let rx_buf: &'static mut [u8] = &mut *(&raw mut UDP_RX_BUF);
-            let tx_meta: &'static mut [udp::PacketMetadata] = &mut *(&raw mut UDP_TX_META);
-            let tx_buf: &'static mut [u8] = &mut *(&raw mut UDP_TX_BUF);
-            let storage: &'static mut [SocketStorage<'static>] = &mut *(&raw mut SOCKETS);
-            let rx = udp::PacketBuffer::new(rx_meta, rx_buf);
-            let tx = udp::PacketBuffer::new(tx_meta, tx_buf);
-            (udp::Socket::new(rx, tx), SocketSet::new(storage))
-        };
+        let (rx_meta, rx_buf, tx_meta, tx_buf, storage) = unsafe { (&mut *rx_meta, &mut *rx_buf, &mut *tx_meta, &mut *tx_buf, &mut *storage) };
+        let rx = udp::PacketBuffer::new(&mut rx_meta[..], &mut rx_buf[..]);
+        let tx = udp::PacketBuffer::new(&mut tx_meta[..], &mut tx_buf[..]);
+        let (socket, sockets) = (udp::Socket::new(rx, tx), SocketSet::new(&mut storage[..]));
         let mut sockets = sockets;
         let udp = sockets.add(socket);
         Stack { iface, sockets, udp, nic, mode, pm: PmClock::new(), last_tick: 0, mac, gateway: gw }
@@ -361,6 +357,82 @@ fn net_tx(p: &BootParams, mode: NicMode) -> NetResult {
     r
 }
 
+const TCP_RX_BYTES: usize = 64 * 1024;
+static mut TCP_RX_BUF: [u8; TCP_RX_BYTES] = [0; TCP_RX_BYTES];
+static mut TCP_TX_BUF: [u8; 2048] = [0; 2048];
+
+/// Accepts one TCP connection on the TCP stream port and reads it until the sender closes
+/// it, checking every byte; gives up after `seconds` without data.
+#[inline(never)]
+fn net_tcp_rx(p: &BootParams, mode: NicMode) -> NetResult {
+    let mut s = Stack::new(p, mode);
+    let (rx, tx) = (&raw mut TCP_RX_BUF, &raw mut TCP_TX_BUF);
+    // SAFETY: borrowed once here for the rest of the run; no other code names them.
+    let (rx, tx) = unsafe { (&mut *rx, &mut *tx) };
+    let tcp = smoltcp::socket::tcp::Socket::new(smoltcp::socket::tcp::SocketBuffer::new(&mut rx[..]), smoltcp::socket::tcp::SocketBuffer::new(&mut tx[..]));
+    let h = s.sockets.add(tcp);
+    {
+        let sock = s.sockets.get_mut::<smoltcp::socket::tcp::Socket>(h);
+        // Our clock ticks at 18.2 Hz: a delayed ACK would wait for a tick. ACK at once.
+        sock.set_ack_delay(None);
+        let _ = sock.listen(proto::TCP_STREAM_PORT);
+    }
+    s.start();
+    let idle = ticks_for(p.seconds).max(1);
+    let mut check = StreamCheck::default();
+    let mut last_seen = TICKS.load(Ordering::Relaxed);
+    let (mut first_pm, mut last_pm) = (None, 0);
+    let mut connected = false;
+    let mut timed_out = false;
+    let mut buf = [0u8; 2048];
+    loop {
+        s.turn();
+        let sock = s.sockets.get_mut::<smoltcp::socket::tcp::Socket>(h);
+        let mut got = false;
+        while let Ok(n) = sock.recv_slice(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                if *b != proto::tcp_stream_byte(check.bytes + k as u64) {
+                    check.bad_checksum += 1;
+                }
+            }
+            check.bytes += n as u64;
+            got = true;
+        }
+        connected |= sock.state() == smoltcp::socket::tcp::State::Established;
+        if connected && !sock.may_recv() {
+            // The sender's FIN came and everything before it was read.
+            sock.close();
+            break;
+        }
+        if got {
+            // Announce the window the reads opened now, not after the next halt.
+            s.iface.poll(now(), &mut s.nic, &mut s.sockets);
+            let t = s.pm.read();
+            first_pm.get_or_insert(t);
+            last_pm = t;
+            last_seen = TICKS.load(Ordering::Relaxed);
+        } else if TICKS.load(Ordering::Relaxed).wrapping_sub(last_seen) > idle {
+            timed_out = true;
+            break;
+        }
+    }
+    // Let the FIN and the last ACKs go out.
+    let end = TICKS.load(Ordering::Relaxed) + 4;
+    while TICKS.load(Ordering::Relaxed) < end && s.sockets.get_mut::<smoltcp::socket::tcp::Socket>(h).is_open() {
+        s.turn();
+    }
+    let mut r = s.result("net-tcp-rx", p);
+    r.requested = 0;
+    r.stream = check;
+    r.timed_out = timed_out;
+    r.ok = !timed_out && check.bad_checksum == 0 && check.bytes > 0;
+    r.pm_ticks = last_pm - first_pm.unwrap_or(last_pm);
+    r
+}
+
 pub fn run(p: &BootParams) -> u8 {
     let Some(mode) = NicMode::from_abi(p.net_mode) else {
         kprint!("@@result {{\"status\":\"error\",\"error\":\"unknown nic mode {}\"}}\n", p.net_mode);
@@ -371,6 +443,7 @@ pub fn run(p: &BootParams) -> u8 {
         WL_NET_RX => net_rx(p, mode),
         WL_NET_TX => net_tx(p, mode),
         WL_NET_HOSTILE => hostile::net_hostile(p),
+        WL_NET_TCP_RX => net_tcp_rx(p, mode),
         _ => return 2,
     };
     // SAFETY: interrupts off for the report and the exit.

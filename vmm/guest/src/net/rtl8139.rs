@@ -327,9 +327,10 @@ pub fn rtl8139_start_xmit<R>(len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R
     let tsd = r(reg::TSD0 + 4 * n as u16);
     while ioread32(tsd) & TSD_OWN == 0 {}
     let len = len.min(TX_BUF);
+    let bufs = &raw mut TX_BUFS;
     // SAFETY: descriptor n is free (OWN set: the NIC is done with its buffer) and only the
     // main loop transmits, so nothing else touches this buffer until the write to TSD below.
-    let buf = unsafe { &mut (*(&raw mut TX_BUFS)).0[n] };
+    let buf = unsafe { &mut (*bufs).0[n] };
     let out = fill(&mut buf[..len]);
     let wire = len.max(ETH_ZLEN);
     buf[len..wire].fill(0);
