@@ -1,6 +1,8 @@
 //! `kvmprof demo --json`: the acceptance points, asserted from the JSON of one real
-//! run (eBPF recording of tinyvmm on KVM). Needs root, /dev/kvm and BPF: without them this
-//! test FAILS (it does not skip), with the demo's own one-line error.
+//! run (eBPF recording of tinyvmm on KVM), both sections: disk (1-5) and net (6-8, in a test
+//! network of namespaces and a TAP). Needs root, /dev/kvm, BPF, /dev/net/tun, `ip` and
+//! `ping`: without them this test FAILS (it does not skip), with the demo's own one-line
+//! error.
 mod common;
 
 use std::path::Path;
@@ -62,6 +64,8 @@ fn demo_json_meets_acceptance() {
     assert!(out.status.success(), "kvmprof demo failed (it needs root, /dev/kvm and BPF; tinyvmm built next to kvmprof): {stderr}");
     let j: Value = serde_json::from_slice(&out.stdout).expect("demo --json prints one JSON object");
     assert_eq!(j["source"], profiler_daemon::live::detect_source().name());
+    assert_eq!(j["sections"], serde_json::json!(["disk", "net"]));
+    check_net(&j);
 
     // Table 4: batching cuts IDE register-write exits by >= 90%, same disk contents.
     let t4 = &j["table4"];
@@ -189,4 +193,121 @@ fn demo_json_meets_acceptance() {
     let flame = std::fs::read_to_string(plots["flamegraph"].as_str().unwrap()).unwrap();
     assert!(flame.contains("ide_output_data") && flame.contains("ide_do_rw_disk"));
     let _ = svg_texts(Path::new(plots["flamegraph"].as_str().unwrap()), "none");
+}
+
+/// `a` equals `want` up to float rounding.
+fn same(a: &Value, want: f64) -> bool {
+    (f(a) - want).abs() <= 1e-9 * want.abs().max(1.0)
+}
+
+/// Sections 6-8 (the defaults: 20 pings, 600 datagrams of 1024 bytes offered to the guest at
+/// 1000/s, 200 from it, 1 round).
+fn check_net(j: &Value) {
+    let n = &j["net"];
+    let (pings, to_guest, from_guest, size) = (20u64, 600u64, 200u64, 1024u64);
+
+    // Fig. 3: every ping answered on all three paths; the share computed from the means.
+    let r = &n["rtt"];
+    let paths = r["paths"].as_array().unwrap();
+    let names: Vec<(&str, &str)> = paths.iter().map(|p| (p["from"].as_str().unwrap(), p["to"].as_str().unwrap())).collect();
+    assert_eq!(names, [("HostA", "HostB"), ("HostB", "guest"), ("HostA", "guest")], "{r}");
+    assert_eq!(paths.iter().map(|p| p["address"].as_str().unwrap()).collect::<Vec<_>>(), ["198.18.0.2", "198.18.1.2", "198.18.1.2"]);
+    for p in paths {
+        assert_eq!((u(&p["sent"]), u(&p["received"])), (pings, pings), "{p}");
+        assert!(f(&p["min_ms"]) > 0.0 && f(&p["min_ms"]) <= f(&p["avg_ms"]) && f(&p["avg_ms"]) <= f(&p["max_ms"]), "{p}");
+    }
+    let (ab, ag) = (f(&paths[0]["avg_ms"]), f(&paths[2]["avg_ms"]));
+    assert!(same(&r["guest_share_pct"], 100.0 * (ag - ab) / ag), "{r}");
+    assert_eq!(n["paper"]["fig3_virtualization_share_pct"], 33.0);
+
+    // Fig. 4 / 9: one round, both modes; exact counts where the input is exact.
+    let st = &n["stream"];
+    let rounds = st["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1, "{st}");
+    for mode in ["irq", "napi"] {
+        let m = &rounds[0][mode];
+        assert_eq!(m["mode"], mode);
+        for (dir, datagrams) in [("to_guest", to_guest), ("from_guest", from_guest)] {
+            let s = &m[dir];
+            assert_eq!(u(&s["datagrams_sent"]), datagrams, "{mode} {dir}: {s}");
+            assert_eq!(u(&s["bytes_sent"]), datagrams * size, "{mode} {dir}: {s}");
+            assert_eq!(u(&s["bad_checksums"]), 0, "{mode} {dir}: {s}");
+            assert_eq!(u(&s["bytes_received"]), u(&s["datagrams_received"]) * size, "{mode} {dir}: {s}");
+            assert!(f(&s["seconds"]) > 0.0, "{mode} {dir}: {s}");
+            assert!(same(&s["mbit_s"], u(&s["bytes_received"]) as f64 * 8.0 / 1e6 / f(&s["seconds"])), "{mode} {dir}: {s}");
+            // kvmprof's exits on the NIC's ports agree exactly with tinyvmm's own counters.
+            let nic = &s["nic"];
+            assert!(u(&nic["tinyvmm_register_exits"]) > 0, "{mode} {dir}: {nic}");
+            assert_eq!(nic["recorded_register_exits"], nic["tinyvmm_register_exits"], "{mode} {dir}: {nic}");
+            let e = &s["exits"];
+            let packets = u(&e["packets"]);
+            assert!(u(&e["nic_exits"]) > 0 && u(&e["nic_exits"]) <= u(&e["exits"]), "{mode} {dir}: {e}");
+            assert!(same(&e["per_packet"], u(&e["exits"]) as f64 / packets as f64), "{mode} {dir}: {e}");
+            assert!(same(&e["nic_per_packet"], u(&e["nic_exits"]) as f64 / packets as f64), "{mode} {dir}: {e}");
+        }
+        // From the guest: every datagram delivered to HostA, in order, intact, and one NIC
+        // transmit each (the guest's ARP for its gateway is the one more).
+        let tx = &m["from_guest"];
+        assert_eq!((u(&tx["datagrams_received"]), u(&tx["out_of_order"])), (from_guest, 0), "{mode}: delivered = sent: {tx}");
+        assert_eq!(u(&tx["exits"]["packets"]), from_guest, "{mode}: {tx}");
+        assert!((from_guest..=from_guest + 1).contains(&u(&tx["nic"]["tx_frames"])), "{mode}: {tx}");
+        // To the guest, offered above what it takes: every datagram reached the NIC, which
+        // took it into the ring or dropped it for a full ring (plus the reply to the guest's
+        // ARP); the guest received at most what was sent, each intact.
+        let rx = &m["to_guest"];
+        let at_nic = u(&rx["nic"]["rx_frames"]) + u(&rx["nic"]["rx_dropped"]);
+        assert!((to_guest..=to_guest + 1).contains(&at_nic), "{mode}: {at_nic} frames reached the NIC for {to_guest} sent: {rx}");
+        assert!(u(&rx["datagrams_received"]) > 0 && u(&rx["datagrams_received"]) <= u(&rx["nic"]["rx_frames"]), "{mode}: {rx}");
+        assert_eq!(u(&rx["exits"]["packets"]), u(&rx["datagrams_received"]), "{mode}: {rx}");
+        let rr = &m["rr"];
+        assert!(u(&rr["transactions"]) > 0, "{mode}: {rr}");
+        assert!(same(&rr["per_s"], u(&rr["transactions"]) as f64 / f(&rr["seconds"])), "{mode}: {rr}");
+        assert_eq!(rr["exits"]["packets"], rr["transactions"], "{mode}: {rr}");
+        // With one round the medians are that round's numbers.
+        let sum = &st[mode];
+        assert_eq!(u(&sum["rounds"]), 1);
+        assert_eq!(f(&sum["to_guest_mbit_s"]), f(&m["to_guest"]["mbit_s"]));
+        assert_eq!(f(&sum["from_guest_mbit_s"]), f(&m["from_guest"]["mbit_s"]));
+        assert_eq!(f(&sum["rr_per_s"]), f(&rr["per_s"]));
+        assert_eq!(f(&sum["to_guest_exits_per_packet"]), f(&m["to_guest"]["exits"]["per_packet"]));
+    }
+    // irq takes one interrupt per received packet at most; removing NAPI is judged in words.
+    let (irq, napi) = (&st["irq"], &st["napi"]);
+    let c = &st["no_napi_change_pct"];
+    assert!(same(&c["udp_stream_to_guest"], 100.0 * (f(&irq["to_guest_mbit_s"]) - f(&napi["to_guest_mbit_s"])) / f(&napi["to_guest_mbit_s"])), "{st}");
+    assert!(same(&c["udp_rr"], 100.0 * (f(&irq["rr_per_s"]) - f(&napi["rr_per_s"])) / f(&napi["rr_per_s"])), "{st}");
+    let verdict = st["verdict"].as_str().unwrap();
+    assert!(verdict.starts_with("removing NAPI") && verdict.contains("paper: +60%"), "{verdict}");
+
+    // Table 2: by function from the napi stream to the guest, sorted; the paper's accessors.
+    let h = &n["hot_functions"];
+    let rows = h["rows"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{h}");
+    assert!(rows.windows(2).all(|w| u(&w[0]["count"]) >= u(&w[1]["count"])), "sorted by count: {h}");
+    assert!(rows.iter().map(|r| u(&r["count"])).sum::<u64>() <= u(&h["total_exits"]));
+    let found: Vec<&str> = h["paper_functions_found"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for fname in &found {
+        assert!(rows.iter().any(|r| short(&r["function"]) == *fname), "{fname} is not among the rows: {h}");
+    }
+    assert!(found.contains(&"ioread16"), "the driver's ioread16 (ISR reads) is not among the hot functions: {h}");
+
+    // Plots: the numbers of the JSON, bar by bar.
+    let plots = j["plots"].as_object().unwrap();
+    let plot = |key: &str| Path::new(plots[key].as_str().unwrap_or_else(|| panic!("no plot {key}"))).to_path_buf();
+    assert_eq!(svg_bar_values(&plot("net_fig3")), paths.iter().map(|p| f(&p["avg_ms"])).collect::<Vec<_>>());
+    assert_eq!(
+        svg_bar_values(&plot("net_fig4")),
+        vec![f(&napi["to_guest_mbit_s"]), f(&irq["to_guest_mbit_s"]), f(&napi["from_guest_mbit_s"]), f(&irq["from_guest_mbit_s"])]
+    );
+    let fig9 = svg_bar_values(&plot("net_fig9"));
+    assert_eq!(fig9.len(), 9, "{fig9:?}");
+    assert_eq!((fig9[0], fig9[2]), (100.0, 160.0), "napi = 100, the paper's irq = 160: {fig9:?}");
+    assert!(close(fig9[1], 100.0 * f(&irq["to_guest_mbit_s"]) / f(&napi["to_guest_mbit_s"]), 1e-9), "{fig9:?}");
+    assert_eq!(svg_bar_values(&plot("net_exits_per_packet"))[0], f(&napi["to_guest_exits_per_packet"]));
+    let t2 = svg_bar_values(&plot("net_table2"));
+    assert_eq!(t2, rows.iter().take(6).map(|r| u(&r["count"]) as f64).collect::<Vec<_>>());
+    for key in ["net_fig3", "net_fig4", "net_fig9", "net_exits_per_packet", "net_table2"] {
+        assert_eq!(svg_texts(&plot(key), "title").len(), 1, "{key}: title");
+        assert!(svg_texts(&plot(key), "note")[0].contains("paper"), "{key}: the paper's figure beside ours");
+    }
 }

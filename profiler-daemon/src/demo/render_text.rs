@@ -12,12 +12,25 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-pub(super) fn render(j: &DemoResult, hot: &report::Report, t4: &diff::Diff, opts: &DemoOptions) -> String {
-    let mut s = String::new();
-    let n = opts.sectors;
+/// The header line of the demo's text.
+pub(super) fn header(s: &mut String, j: &DemoResult) {
     let _ = writeln!(s, "kvmprof demo: Zhang et al., \"Evaluating and Optimizing I/O Virtualization in KVM\", measured here");
     let _ = writeln!(s, "exit source: {}  |  kernel {}  |  work files: {}", j.source.description(), j.kernel, j.work_dir);
     let _ = writeln!(s);
+}
+
+/// The list of plots that ends the demo's text.
+pub(super) fn plots(s: &mut String, j: &DemoResult) {
+    let _ = writeln!(s, "plots:");
+    for v in j.plots.values() {
+        let _ = writeln!(s, "   {v}");
+    }
+}
+
+/// Sections 1–4.
+pub(super) fn render(j: &DiskResult, hot: &report::Report, t4: &diff::Diff, opts: &DemoOptions) -> String {
+    let mut s = String::new();
+    let n = opts.sectors;
 
     let _ = writeln!(s, "1. Hot functions (paper Tables 1-3): tinyvmm disk-write, {n} sectors, default boot");
     let top = report::Report { rows: hot.rows.iter().take(8).cloned().collect(), notes: vec![], ..hot.clone() };
@@ -132,9 +145,5 @@ pub(super) fn render(j: &DemoResult, hot: &report::Report, t4: &diff::Diff, opts
     }
     let _ = writeln!(s, "   paper: verify_pmtmr_rate's PM-timer reads are redundant boot-time exits; removing them removes the exits");
     let _ = writeln!(s);
-    let _ = writeln!(s, "plots:");
-    for v in j.plots.values() {
-        let _ = writeln!(s, "   {v}");
-    }
     s
 }

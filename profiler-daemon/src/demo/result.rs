@@ -20,6 +20,21 @@ pub struct DemoResult {
     pub source: Source,
     pub kernel: String,
     pub work_dir: String,
+    /// The sections run (`--sections`): `disk`, `net`.
+    pub sections: Vec<&'static str>,
+    /// Sections 1–5 (the disk and timer experiments), at the top level of the JSON; absent
+    /// without `--sections disk`.
+    #[serde(flatten)]
+    pub disk: Option<DiskResult>,
+    /// Sections 6–8 (the network experiments); `null` without `--sections net`.
+    pub net: Option<super::NetSection>,
+    /// Plot name → SVG path.
+    pub plots: BTreeMap<String, String>,
+}
+
+/// Sections 1–5.
+#[derive(Debug, Serialize)]
+pub struct DiskResult {
     pub setup: Setup,
     pub paper: PaperFigures,
     pub hot_functions: Vec<HotFn>,
@@ -32,8 +47,6 @@ pub struct DemoResult {
     pub pmtmr: PmtmrExperiment,
     /// The batching advisor on the unbatched disk-write, beside Table 4's measured saving.
     pub advise: super::AdviseSection,
-    /// Plot name → SVG path.
-    pub plots: BTreeMap<String, String>,
 }
 
 /// One sentence per experiment: the exact runs.
