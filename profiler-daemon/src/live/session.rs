@@ -394,9 +394,16 @@ impl Session {
             self.known_threads.entry(t.tid).or_insert_with(|| thread_info(&t.state));
         }
         let want = !seen || missing;
+        // Following every VM, a VM can start at any moment: its vCPU thread's first KVM_RUN
+        // returns come before this poll sees the thread, and only kvm_userspace_exit has their
+        // reason then (a port read's return would otherwise be counted twice: once without a
+        // reason, once at its completion). So it stays attached there; one VMM's later vCPU
+        // threads are rare enough for the cheaper path (see the eBPF `run_return`).
+        let keep_userspace_exit = self.cfg.target == Target::AllVms;
         let Some(ebpf) = self.ebpf.as_mut() else { return };
         for (name, tp, link) in &mut self.vcpu_links {
             let Ok(prog) = raw_program(ebpf, name) else { continue };
+            let want = want || (keep_userspace_exit && *name == USERSPACE_EXIT);
             match (want, link.take()) {
                 (false, Some(l)) => {
                     if *name == USERSPACE_EXIT {
