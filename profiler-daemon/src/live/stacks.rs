@@ -168,3 +168,41 @@ fn stack_of(id: u32, k: &KernelStack) -> GuestStack {
     let n = (k.depth as usize).min(MAX_STACK_DEPTH);
     GuestStack { id, method: StackMethod::from_bits(k.methods), frames: k.frames[..n].to_vec() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use symbolizer::unwind::UnwindRule;
+
+    fn rule(cfa_base: CfaBase, kind: FrameKind, bp: Option<i16>) -> UnwindRule {
+        UnwindRule { cfa_base, cfa_offset: 16, bp_saved_at: bp, kind }
+    }
+
+    #[test]
+    fn rules_become_entries_at_runtime_addresses() {
+        let entries = vec![
+            (0x1000, rule(CfaBase::Sp, FrameKind::Call, None)),
+            (0x1010, rule(CfaBase::Bp, FrameKind::Call, Some(-16))),
+            (0x1020, rule(CfaBase::Other(7), FrameKind::Call, None)),
+            (0x1030, rule(CfaBase::Sp, FrameKind::Regs, None)),
+            (0x1040, rule(CfaBase::Other(0), FrameKind::End, None)),
+        ];
+        let orc = entries_of(&UnwindTable { source: UnwindSource::Orc, entries: entries.clone() }, 0x20_0000);
+        let bases: Vec<u8> = orc.iter().map(|e| e.cfa_base).collect();
+        assert_eq!(bases, [cfa_base::SP, cfa_base::BP, cfa_base::STOP, cfa_base::STOP, cfa_base::STOP]);
+        assert_eq!(orc[0].start, 0x20_1000);
+        assert_eq!((orc[1].flags, orc[1].bp_offset, orc[1].cfa_offset), (BP_SAVED, -16, 16));
+        // CFI's End marks code without CFI: frame pointers there, not a stop.
+        let cfi = entries_of(&UnwindTable { source: UnwindSource::Cfi, entries }, -0x1000);
+        assert_eq!((cfi[4].cfa_base, cfi[4].start), (cfa_base::NONE, 0x40));
+    }
+
+    #[test]
+    fn depth_is_checked_and_one_means_no_walk() {
+        assert!(matches!(StackSetup::new(0, None, 0), Err(StackSetupError::Depth(0))));
+        assert!(matches!(StackSetup::new(MAX_STACK_DEPTH as u32 + 1, None, 0), Err(StackSetupError::Depth(_))));
+        assert!(StackSetup::new(1, None, 0).unwrap().is_none());
+        let fp_only = StackSetup::new(4, None, 0).unwrap().unwrap();
+        assert_eq!((fp_only.entries.len(), fp_only.info.table.clone()), (0, None));
+    }
+}
