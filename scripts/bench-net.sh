@@ -20,6 +20,7 @@ from_guest=${3:-600}
 size=${4:-1024}
 rr_seconds=${5:-5}
 out=${OUT:-$(mktemp -d /tmp/kvmprof-bench-net.XXXXXX)}
+mkdir -p "$out"
 bin=${CARGO_TARGET_DIR:-target}/release
 export PATH="${KVMPROF_CACHE:-/var/cache/kvmprof}/bin:$PATH"
 cargo build --release --workspace --bins --quiet
