@@ -15,7 +15,12 @@ pub mod maps {
         /// cleared before it is detached): a KVM_RUN return of a vCPU whose `kvm_run` is not
         /// known yet is then left to it, since it has the reason as an argument.
         pub const USERSPACE_EXIT_ATTACHED: u32 = 1;
-        pub const COUNT: u32 = 2;
+        /// 1 once the guest's unwind table is at its runtime addresses (`record
+        /// --stack-depth`): at once with a known KASLR slide; with `--kaslr-offset auto` and
+        /// no kallsyms, when the daemon has found the slide from the first exits. Until then
+        /// exits get their caller only.
+        pub const STACKS_READY: u32 = 2;
+        pub const COUNT: u32 = 3;
     }
     /// The in-kernel aggregation is three maps: `EXIT_INDEX`, a `HashMap<ExitKey, u64>` giving
     /// each exit key its index in `EXIT_STATS`, a `PerCpuArray<ExitStats>` of

@@ -112,3 +112,63 @@ fn stack_depth_out_of_range_is_one_line() {
         assert_one_line_error(&o, "--stack-depth");
     }
 }
+
+/// `--kaslr-offset auto` with only the ELF: the slide is found from the first exits (0 for this
+/// guest, which is not moved), and from then on stacks are walked by the unwind table. The
+/// exits before have their caller only; every exit is counted once either way.
+#[test]
+fn the_slide_for_the_unwind_table_is_found_from_the_first_exits() {
+    require_live();
+    let dir = tmpdir();
+    let vmm = tinyvmm();
+    let elf = dir.path().join("nofp.elf");
+    let o = run(path_str(&vmm), &["guest-elf", "--guest-variant", "nofp", "-o", path_str(&elf)]);
+    assert!(o.status.success(), "tinyvmm guest-elf: {}", stderr(&o));
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(4 << 20).unwrap();
+    let out = dir.path().join("auto.kvmprof");
+    const MANY: u64 = 200;
+    let o = run(
+        KVMPROF,
+        &[
+            "record", "-o", path_str(&out), "--stack-depth", "4", "--vmlinux", path_str(&elf), "--kaslr-offset", "auto", "--",
+            path_str(&vmm), "run", "--guest-variant", "nofp", "--workload", "disk-write", "--count", &MANY.to_string(),
+            "--disk", path_str(&disk), "--skip-pmtmr-calibration", "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "record failed: {}", stderr(&o));
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let info = &rec["meta"]["stacks"];
+    assert_eq!(info["slide"], 0, "{info:#}");
+    let how = info["slide_from_exits"].as_str().unwrap_or_else(|| panic!("no slide_from_exits in {info:#}"));
+    assert!(how.starts_with("slide 0x0 found from the first"), "{how}");
+    let before = info["stacks_from_exit"].as_u64().unwrap_or_else(|| panic!("no stacks_from_exit in {info:#}"));
+    assert!(before > 0, "{info:#}");
+
+    let report = report_json(&out, &["--by", "stack", "--vmlinux", path_str(&elf)]);
+    let (mut with, mut without, mut data_with) = (0u64, 0u64, 0u64);
+    for r in report["rows"].as_array().unwrap() {
+        let n = r["count"].as_u64().unwrap();
+        let Some(frames) = r["stack"].as_array() else {
+            without += n;
+            continue;
+        };
+        with += n;
+        let callers: Vec<String> = frames.iter().map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string()).collect();
+        assert!(!callers.iter().any(|c| c == "[unknown]"), "an unknown frame after the slide was found: {r:#}");
+        if r["function"].as_str().is_some_and(|f| f.ends_with("::ide_output_data")) {
+            assert!(ends(&callers, &["::ide_do_rw_disk", "::disk_write_workload", "::workloads::run", "::boot"]), "{callers:?}");
+            assert_eq!(r["stack_method"], "table", "{r:#}");
+            data_with += n;
+        }
+    }
+    let total = rec["exits"].as_array().unwrap().iter().map(|e| e["count"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(with + without, total, "every exit is in one row");
+    // Stacks start after the slide is found: every exit before has none. (Exits after it
+    // that were already in progress may have none too.)
+    assert!(without >= before, "{without} exits without a stack, {before} before the stacks started");
+    // Most of the 256 x MANY data writes come after the first half second.
+    assert!(data_with > 0 && data_with <= 256 * MANY, "{data_with} data writes with a stack");
+    let o = run(KVMPROF, &["report", path_str(&out), "--by", "stack", "--vmlinux", path_str(&elf)]);
+    assert!(stdout(&o).contains("found from the first"), "{}", stdout(&o));
+}

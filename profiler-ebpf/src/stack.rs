@@ -52,10 +52,13 @@ static STACK_SCRATCH: PerCpuArray<GuestStack> = PerCpuArray::with_max_entries(1,
 #[map]
 static STACK_OPAQUE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// True when stacks are walked (`--stack-depth` above 1): a load-time constant.
+/// True when stacks are walked: `--stack-depth` above 1 (a load-time constant, so with depth 1
+/// nothing below is even loaded) and the unwind table at its runtime addresses
+/// (maps::control::STACKS_READY: with a KASLR slide still to be found from the first exits,
+/// those exits get their caller only).
 #[inline(always)]
 pub fn enabled() -> bool {
-    STACK_DEPTH.load() > 1
+    STACK_DEPTH.load() > 1 && crate::CONTROL.get(maps::control::STACKS_READY).copied() == Some(1)
 }
 
 /// Walks the stack of the exit pending in `s` and puts its id and caller in the exit's key

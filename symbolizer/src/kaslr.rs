@@ -72,9 +72,10 @@ pub enum SlideRefused {
 }
 
 /// Every slide KASLR can choose for a kernel whose text is `text` (link addresses): the
-/// image must stay inside the kernel-image area.
+/// image must stay inside the kernel-image area. An image linked outside that area (a guest
+/// that is not a Linux kernel, like tinyvmm's) is not moved by KASLR: its only slide is 0.
 pub fn candidate_slides(text: (u64, u64)) -> impl Iterator<Item = u64> {
-    let room = (START_KERNEL_MAP + IMAGE_AREA).saturating_sub(text.1);
+    let room = if text.0 >= START_KERNEL_MAP { (START_KERNEL_MAP + IMAGE_AREA).saturating_sub(text.1) } else { 0 };
     (0..=room / SLIDE_ALIGN).map(|k| k * SLIDE_ALIGN)
 }
 
@@ -131,6 +132,12 @@ pub fn infer_slide(index: &ExitInsnIndex, evidence: &[SlideEvidence]) -> Result<
 mod tests {
     use super::*;
     use ExitInsnKind::*;
+
+    #[test]
+    fn an_image_outside_the_kernel_map_has_only_slide_zero() {
+        assert_eq!(candidate_slides((0x10_0000, 0x12_0000)).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(candidate_slides((START_KERNEL_MAP + 0x100_0000, START_KERNEL_MAP + 0x300_0000)).count(), 489);
+    }
 
     fn index() -> ExitInsnIndex {
         let base = 0xffff_ffff_8100_0000;

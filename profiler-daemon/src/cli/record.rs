@@ -86,8 +86,10 @@ pub struct RecordArgs {
     /// `_text` and --vmlinux's.
     #[arg(long, value_name = "FILE", requires = "vmlinux")]
     kallsyms: Option<PathBuf>,
-    /// The guest's KASLR slide (runtime − link address) in hex for the unwind table, or `auto`
-    /// with --kallsyms. Default: from --kallsyms when given, else 0.
+    /// The guest's KASLR slide (runtime − link address) in hex for the unwind table, or `auto`:
+    /// from --kallsyms when given, else found from the first exits (as `report --kaslr-offset
+    /// auto` does; stacks start once it is found, and the report says after how many exits).
+    /// Default: from --kallsyms when given, else 0.
     #[arg(long, value_name = "HEX|auto", requires = "vmlinux", allow_hyphen_values = true, value_parser = super::symbols::parse_slide)]
     kaslr_offset: Option<symbolizer::KaslrSlide>,
     /// The command to run and trace (after --).
@@ -131,10 +133,10 @@ fn stack_setup(a: &RecordArgs) -> Result<Option<StackSetup>> {
     let slide = match (&a.vmlinux, &a.kallsyms, a.kaslr_offset.unwrap_or_default()) {
         (_, _, KaslrSlide::Offset(s)) => s,
         (Some(elf), Some(ks), _) => symbolizer::kaslr_offset_from_kallsyms(elf, ks)?,
-        (_, None, KaslrSlide::Auto) => {
-            return Err(anyhow!(
-                "record --kaslr-offset auto needs --kallsyms FILE (the slide must be known before the first exit); or give the slide in hex"
-            ))
+        // The slide from the first exits: stacks start once it is found.
+        (Some(elf), None, KaslrSlide::Auto) => return Ok(StackSetup::with_slide_from_exits(a.stack_depth, elf)?),
+        (None, None, KaslrSlide::Auto) => {
+            return Err(anyhow!("record --kaslr-offset auto needs --vmlinux ELF (the guest kernel whose slide is looked for)"))
         }
         _ => 0,
     };

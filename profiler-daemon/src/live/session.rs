@@ -318,6 +318,9 @@ impl Session {
         if vcpu_links.iter().any(|(name, _, link)| *name == USERSPACE_EXIT && link.is_some()) {
             mark_userspace_exit(&mut control, true);
         }
+        if stack_map.as_ref().is_some_and(|s| s.ready()) {
+            control.set(maps::control::STACKS_READY, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
+        }
         // Every program is attached: open the counted window.
         control.set(maps::control::RECORDING, 1, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
         Ok(Session {
@@ -384,6 +387,9 @@ impl Session {
     /// when a thread without one appears (a vCPU started later).
     pub fn poll(&mut self) {
         self.drain_records();
+        if self.stacks.as_ref().is_some_and(|s| s.slide_due()) {
+            self.find_stack_slide();
+        }
         let mut seen = false;
         let mut missing = false;
         for t in self.kernel_threads().unwrap_or_default() {
@@ -419,6 +425,17 @@ impl Session {
                 }
                 (_, l) => *link = l,
             }
+        }
+    }
+
+    /// `record --kaslr-offset auto` without kallsyms: tries to find the guest kernel's slide
+    /// from the exits so far; once found, the unwind table is at its runtime addresses and the
+    /// programs start walking stacks (maps::control::STACKS_READY).
+    fn find_stack_slide(&mut self) {
+        let Ok(so_far) = self.snapshot() else { return };
+        let Some(stacks) = self.stacks.as_mut() else { return };
+        if let Ok(true) = stacks.try_slide(&so_far) {
+            let _ = self.control.set(maps::control::STACKS_READY, 1, 0);
         }
     }
 

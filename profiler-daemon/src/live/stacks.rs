@@ -4,11 +4,15 @@
 //! eBPF programs (profiler-ebpf/src/stack.rs).
 use std::collections::HashMap as StdHashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::unwind::{cfa_base, GuestStack as KernelStack, UnwindEntry, BP_SAVED, MAX_STACK_DEPTH};
 use profiler_common::{globals, maps};
+use symbolizer::exit_insns::ExitInsnIndex;
+use symbolizer::kaslr::infer_slide;
 use symbolizer::unwind::{CfaBase, FrameKind, UnwindSource, UnwindTable};
 use symbolizer::SymbolizeError;
 
@@ -24,6 +28,17 @@ pub struct StackSetup {
     /// The unwind table at runtime addresses, sorted; empty: frame pointers only.
     pub entries: Vec<UnwindEntry>,
     pub info: StackInfo,
+    /// The slide is still to be found from the first exits (`--kaslr-offset auto` without
+    /// kallsyms): `entries` are at link addresses until then, and not used.
+    pub auto_slide: Option<Arc<AutoSlide>>,
+}
+
+/// What finding the slide from the first exits needs: the table at link addresses, and the
+/// guest kernel's exit-instruction index (symbolizer::kaslr).
+#[derive(Debug)]
+pub struct AutoSlide {
+    table: UnwindTable,
+    index: ExitInsnIndex,
 }
 
 /// `--stack-depth` out of range, or a guest ELF whose table cannot be read.
@@ -66,8 +81,24 @@ impl StackSetup {
             table_entries: entries.len() as u64,
             slide,
             lost: 0,
+            slide_from_exits: None,
+            stacks_from_exit: None,
         };
-        Ok(Some(StackSetup { depth, entries, info }))
+        Ok(Some(StackSetup { depth, entries, info, auto_slide: None }))
+    }
+
+    /// As [`StackSetup::new`] with the unwind table of `elf`, whose KASLR slide is found from
+    /// the recording's first exits (symbolizer::kaslr::infer_slide, as `report --kaslr-offset
+    /// auto` does): until then exits get their caller only. None for depth 1.
+    pub fn with_slide_from_exits(depth: u32, elf: &Path) -> Result<Option<StackSetup>, StackSetupError> {
+        let Some(mut setup) = StackSetup::new(depth, Some(elf), 0)? else { return Ok(None) };
+        let Some(table) = UnwindTable::from_elf(elf)?.filter(|t| !t.entries.is_empty()) else {
+            // No table: frame pointers need no slide.
+            return Ok(Some(setup));
+        };
+        let index = ExitInsnIndex::for_vmlinux(elf)?;
+        setup.auto_slide = Some(Arc::new(AutoSlide { table, index }));
+        Ok(Some(setup))
     }
 }
 
@@ -78,7 +109,7 @@ impl StackSetup {
     pub fn for_verifier() -> StackSetup {
         let entries = vec![UnwindEntry::default(); 1 << 20];
         let info = StackInfo { depth: MAX_STACK_DEPTH as u32, table: Some("verifier".into()), table_entries: entries.len() as u64, ..StackInfo::default() };
-        StackSetup { depth: MAX_STACK_DEPTH as u32, entries, info }
+        StackSetup { depth: MAX_STACK_DEPTH as u32, entries, info, auto_slide: None }
     }
 }
 
@@ -125,10 +156,15 @@ pub(super) fn configure<'a>(loader: &mut EbpfLoader<'a>, values: &'a [u32; 2]) {
 pub struct StackMap {
     stacks: HashMap<MapData, u32, KernelStack>,
     /// Kept open: the programs are loaded after the table is written, and a map whose fd is
-    /// closed before then cannot be referenced by them.
-    _unwind: Array<MapData, UnwindEntry>,
+    /// closed before then cannot be referenced by them. Written again when the slide is found.
+    unwind: Array<MapData, UnwindEntry>,
     info: StackInfo,
+    /// The slide still to be found, and when it was last tried.
+    auto_slide: Option<(Arc<AutoSlide>, Option<Instant>)>,
 }
+
+/// How often the daemon tries to find the slide from the exits recorded so far.
+pub const AUTO_SLIDE_EVERY: Duration = Duration::from_millis(500);
 
 /// Writes the unwind table into the loaded object's `UNWIND` map (before anything attaches)
 /// and opens `STACKS`.
@@ -136,14 +172,67 @@ pub(super) fn open(ebpf: &mut Ebpf, stacks: Option<&StackSetup>) -> Result<Optio
     let Some(setup) = stacks else { return Ok(None) };
     let map_type = |map: &'static str| move |source| LiveError::MapType { map, source };
     let mut unwind: Array<MapData, UnwindEntry> = Array::try_from(take_map(ebpf, maps::UNWIND)?).map_err(map_type(maps::UNWIND))?;
-    for (i, e) in setup.entries.iter().enumerate() {
-        unwind.set(i as u32, e, 0).map_err(|source| LiveError::WriteMap { map: maps::UNWIND, source })?;
+    if setup.auto_slide.is_none() {
+        write_table(&mut unwind, &setup.entries)?;
     }
     let stacks = HashMap::try_from(take_map(ebpf, maps::STACKS)?).map_err(map_type(maps::STACKS))?;
-    Ok(Some(StackMap { stacks, _unwind: unwind, info: setup.info.clone() }))
+    let auto_slide = setup.auto_slide.clone().map(|a| (a, None));
+    Ok(Some(StackMap { stacks, unwind, info: setup.info.clone(), auto_slide }))
+}
+
+fn write_table(unwind: &mut Array<MapData, UnwindEntry>, entries: &[UnwindEntry]) -> Result<(), LiveError> {
+    for (i, e) in entries.iter().enumerate() {
+        unwind.set(i as u32, e, 0).map_err(|source| LiveError::WriteMap { map: maps::UNWIND, source })?;
+    }
+    Ok(())
 }
 
 impl StackMap {
+    /// Whether the programs may walk stacks now (maps::control::STACKS_READY): the table is
+    /// at its runtime addresses.
+    pub(super) fn ready(&self) -> bool {
+        self.auto_slide.is_none()
+    }
+
+    /// Whether a try to find the slide is due ([`AUTO_SLIDE_EVERY`]).
+    pub(super) fn slide_due(&self) -> bool {
+        matches!(&self.auto_slide, Some((_, last)) if last.is_none_or(|t| t.elapsed() >= AUTO_SLIDE_EVERY))
+    }
+
+    /// Tries to find the KASLR slide from `so_far`, the recording until now: on success the
+    /// table is written at its runtime addresses and true returned (the caller then sets
+    /// STACKS_READY); on a refusal the reason is kept for the report, and it is tried again
+    /// later with more exits.
+    pub(super) fn try_slide(&mut self, so_far: &Profile) -> Result<bool, LiveError> {
+        let Some((auto, last)) = &mut self.auto_slide else { return Ok(false) };
+        *last = Some(Instant::now());
+        let evidence = crate::analysis::slide::evidence([so_far]);
+        match infer_slide(&auto.index, &evidence) {
+            Ok(est) => {
+                write_table(&mut self.unwind, &entries_of(&auto.table, est.slide))?;
+                let runner_up = match est.runner_up {
+                    Some((s, n)) => format!("; the next best slide, {s:#x}, matched {n}"),
+                    None => "; no other slide matched any".into(),
+                };
+                self.info.slide = est.slide;
+                self.info.slide_from_exits = Some(format!(
+                    "slide {:#x} found from the first {} exits: {} of {} distinct exit RIPs on exit instructions of their kind{runner_up}",
+                    est.slide,
+                    so_far.total_exits(),
+                    est.matched,
+                    est.rips
+                ));
+                self.info.stacks_from_exit = Some(so_far.total_exits());
+                self.auto_slide = None;
+                Ok(true)
+            }
+            Err(reason) => {
+                self.info.slide_from_exits = Some(format!("slide not found from the exits, no stacks walked: {reason}"));
+                Ok(false)
+            }
+        }
+    }
+
     /// Fills in the frames and method of every exit's stack, and the profile's stack info
     /// (`lost`: stacks the map had no room for).
     pub(super) fn resolve(&self, profile: &mut Profile, lost: u64) -> Result<(), LiveError> {

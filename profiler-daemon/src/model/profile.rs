@@ -59,6 +59,14 @@ pub struct StackInfo {
     pub slide: i64,
     /// Stacks not kept because the in-kernel stack map was full (their exits keep a caller).
     pub lost: u64,
+    /// With `record --kaslr-offset auto` and no kallsyms: how the slide was found from the
+    /// first exits (or why it was not), one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide_from_exits: Option<String>,
+    /// With the slide found from the exits: how many exits came before the stacks started
+    /// (they have their caller only). None: from the first exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_from_exit: Option<u64>,
 }
 
 /// [`Meta::guest_memory`]: one line each.

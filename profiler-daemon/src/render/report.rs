@@ -61,7 +61,12 @@ pub fn note_text(n: &Note) -> String {
                         None => "frame pointers only (no unwind table: record with --vmlinux ELF)".into(),
                     };
                     let lost = if i.lost > 0 { format!("; {} stacks did not fit the in-kernel map (those exits keep their caller)", i.lost) } else { String::new() };
-                    format!(", walked {} return addresses deep with {table}{lost}", i.depth)
+                    let auto = match (&i.slide_from_exits, i.stacks_from_exit) {
+                        (Some(how), Some(n)) => format!("; {how}, so stacks start after the first {n} exits (those have their caller only)"),
+                        (Some(why), None) => format!("; {why}"),
+                        _ => String::new(),
+                    };
+                    format!(", walked {} return addresses deep with {table}{lost}{auto}", i.depth)
                 }
                 None => ": record with `kvmprof record --stack-depth N` (N > 1) to walk guest stacks".into(),
             };
