@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
@@ -40,12 +40,14 @@ pub(super) fn run(input: impl Read + Send, parser: Parser, mut replay: impl FnMu
         let _ = pool_tx.send(Vec::with_capacity(BLOCK_BYTES + 4096));
     }
     let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(n);
-    let work_rx = Mutex::new(work_rx);
+    // Owned by the parsers only: when they have all stopped (the replay failed), the reader's
+    // next hand-over fails instead of waiting for them forever.
+    let work_rx = Arc::new(Mutex::new(work_rx));
     let (done_tx, done_rx) = mpsc::channel::<(u64, Vec<u8>, ParsedBlock)>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_blocks(input, pool_rx, work_tx));
         for _ in 0..n {
-            let (work_rx, done_tx, mut parser) = (&work_rx, done_tx.clone(), parser.clone());
+            let (work_rx, done_tx, mut parser) = (Arc::clone(&work_rx), done_tx.clone(), parser.clone());
             scope.spawn(move || loop {
                 // The lock is held only to take the next block: blocks go out in file order.
                 let job = work_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
@@ -57,6 +59,7 @@ pub(super) fn run(input: impl Read + Send, parser: Parser, mut replay: impl FnMu
             });
         }
         drop(done_tx);
+        drop(work_rx);
         // In file order: blocks parsed out of order wait here (at most the pool's size).
         let mut waiting = BTreeMap::new();
         let mut next = 0u64;
