@@ -164,7 +164,7 @@ pub struct StackMap {
 }
 
 /// How often the daemon tries to find the slide from the exits recorded so far.
-pub const AUTO_SLIDE_EVERY: Duration = Duration::from_millis(500);
+pub const AUTO_SLIDE_EVERY: Duration = Duration::from_millis(100);
 
 /// Writes the unwind table into the loaded object's `UNWIND` map (before anything attaches)
 /// and opens `STACKS`.
