@@ -389,15 +389,7 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     if vcpu == 0 {
         return UNKNOWN_CALLER;
     }
-    let (Some(rbp), Some(cr0), Some(cr3), Some(cr4), Some(efer)) = (
-        vcpu_field(vcpu, &VCPU_RBP),
-        vcpu_field(vcpu, &VCPU_CR0),
-        vcpu_field(vcpu, &VCPU_CR3),
-        vcpu_field(vcpu, &VCPU_CR4),
-        vcpu_field(vcpu, &VCPU_EFER),
-    ) else {
-        return UNKNOWN_CALLER;
-    };
+    let Some((rbp, paging)) = frame_registers(vcpu) else { return UNKNOWN_CALLER };
     // RSP is only a sanity check, and only when KVM says regs[RSP] is current (on VMX/SVM it
     // stays in the VMCS/VMCB unless something asked for it): a frame lies at or above RSP.
     let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL).unwrap_or(0) as u32;
@@ -408,7 +400,6 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
             }
         }
     }
-    let paging = Paging { cr0, cr3, cr4, efer };
     let read = |gpa: u64| -> Option<u64> {
         let hva = mem.host_addr(gpa, 8)?;
         // SAFETY: a probe read of the VMM's memory (the current mm); a bad or unmapped
@@ -416,6 +407,22 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
         unsafe { bpf_probe_read_user(hva as *const u64).ok() }
     };
     guest::return_address(&paging, rbp, read).unwrap_or(UNKNOWN_CALLER)
+}
+
+/// The guest's RBP and paging registers, read from `struct kvm_vcpu` at BTF offsets: what
+/// both the caller lookup and the stack walker start from.
+#[inline(always)]
+fn frame_registers(vcpu: u64) -> Option<(u64, Paging)> {
+    let (Some(rbp), Some(cr0), Some(cr3), Some(cr4), Some(efer)) = (
+        vcpu_field(vcpu, &VCPU_RBP),
+        vcpu_field(vcpu, &VCPU_CR0),
+        vcpu_field(vcpu, &VCPU_CR3),
+        vcpu_field(vcpu, &VCPU_CR4),
+        vcpu_field(vcpu, &VCPU_EFER),
+    ) else {
+        return None;
+    };
+    Some((rbp, Paging { cr0, cr3, cr4, efer }))
 }
 
 /// Once per exit, right after it began: fills in its caller.

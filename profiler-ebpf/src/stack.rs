@@ -22,14 +22,14 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counter,
-    guest::{self, Paging},
+    guest,
     maps,
     unwind::{self, Frame, GuestStack, UnwindEntry},
     Thread, ThreadState, REGS_AVAIL_RSP, UNKNOWN_CALLER,
 };
 
-use crate::{bump, thread_vcpu, vcpu_field, GUEST_MEMORY, GUEST_MEMORY_USED};
-use crate::{VCPU_CR0, VCPU_CR3, VCPU_CR4, VCPU_EFER, VCPU_RBP, VCPU_REGS_AVAIL, VCPU_RSP};
+use crate::{bump, frame_registers, thread_vcpu, vcpu_field, GUEST_MEMORY, GUEST_MEMORY_USED};
+use crate::{VCPU_REGS_AVAIL, VCPU_RSP};
 
 /// profiler_common::globals::STACK_DEPTH.
 #[no_mangle]
@@ -74,15 +74,7 @@ pub fn attribute_stack(s: &mut ThreadState, t: &Thread) {
     // SAFETY: as in `caller_of`: a torn GUEST_MEMORY value only yields wrong addresses for
     // bpf_probe_read_user, which cannot fault.
     let Some(mem) = (unsafe { GUEST_MEMORY.get(t.tgid) }) else { return };
-    let (Some(rbp), Some(cr0), Some(cr3), Some(cr4), Some(efer)) = (
-        vcpu_field(vcpu, &VCPU_RBP),
-        vcpu_field(vcpu, &VCPU_CR0),
-        vcpu_field(vcpu, &VCPU_CR3),
-        vcpu_field(vcpu, &VCPU_CR4),
-        vcpu_field(vcpu, &VCPU_EFER),
-    ) else {
-        return;
-    };
+    let Some((rbp, paging)) = frame_registers(vcpu) else { return };
     // RSP only when KVM says regs[RSP] is current (see `caller_of`); without it the walk
     // starts by the frame pointer.
     let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL).unwrap_or(0) as u32;
@@ -90,7 +82,6 @@ pub fn attribute_stack(s: &mut ThreadState, t: &Thread) {
     let Some(out) = STACK_SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: a non-null pointer to this CPU's scratch slot: one writer (see main.rs).
     let out = unsafe { &mut *out };
-    let paging = Paging { cr0, cr3, cr4, efer };
     let read_phys = |gpa: u64| -> Option<u64> {
         let hva = mem.host_addr(gpa, 8)?;
         // SAFETY: a probe read of the VMM's memory (the current mm); a bad or unmapped

@@ -24,6 +24,7 @@
 extern crate alloc;
 
 pub mod net;
+pub mod rtl8139;
 #[cfg(feature = "stats")]
 pub mod stats;
 

@@ -59,11 +59,11 @@ pub fn net_hostile(p: &BootParams) -> NetResult {
     // after tinyvmm attached the TAP): an ARP request every half second until a reply.
     for _ in 0..20 {
         send_arp_request(mac, p.net_guest_ip, p.net_gateway);
-        if wait_isr(ISR_ROK, 500) & ISR_ROK != 0 {
+        if wait_isr(isr::ROK, 500) & isr::ROK != 0 {
             break;
         }
     }
-    while ioread8(r(reg::CR)) & CR_BUFE == 0 && rtl8139_rx_one() {
+    while ioread8(r(reg::CR)) & cr::BUFE == 0 && rtl8139_rx_one() {
         RX_QUEUE.pop(|_| ());
     }
     iowrite16(0xffff, r(reg::ISR));
@@ -71,11 +71,11 @@ pub fn net_hostile(p: &BootParams) -> NetResult {
     // 1. Transmit from outside RAM.
     iowrite32(outside, r(reg::TSAD0));
     iowrite32(100, r(reg::TSD0));
-    seen |= wait_isr(ISR_SERR, 100);
+    seen |= wait_isr(isr::SERR, 100);
     iowrite16(0xffff, r(reg::ISR));
     // 2. An oversized frame (the descriptor's own buffer, a size no Ethernet frame has).
     iowrite32(4000, r(reg::TSD0 + 4));
-    seen |= wait_isr(ISR_TER, 100);
+    seen |= wait_isr(isr::TER, 100);
     iowrite16(0xffff, r(reg::ISR));
 
     iowrite32(tx_buf_addr(0), r(reg::TSAD0));
@@ -83,7 +83,7 @@ pub fn net_hostile(p: &BootParams) -> NetResult {
     // 3. The ring outside RAM: the gateway's ARP reply has nowhere to go.
     iowrite32(outside, r(reg::RBSTART));
     send_arp_request(mac, p.net_guest_ip, p.net_gateway);
-    seen |= wait_isr(ISR_SERR, 1000);
+    seen |= wait_isr(isr::SERR, 1000);
     iowrite16(0xffff, r(reg::ISR));
 
     // 4. An 8 KiB ring the driver never empties, and more replies than fit.
@@ -92,13 +92,13 @@ pub fn net_hostile(p: &BootParams) -> NetResult {
     for _ in 0..200 {
         send_arp_request(mac, p.net_guest_ip, p.net_gateway);
     }
-    seen |= wait_isr(ISR_RXOVW, 1000);
+    seen |= wait_isr(isr::RXOVW, 1000);
 
     // 5. Reset, bring it up properly, and see a reply come in.
     rtl8139_init(NicMode::Irq);
     iowrite16(0, r(reg::IMR));
     send_arp_request(mac, p.net_guest_ip, p.net_gateway);
-    let recovered = wait_isr(ISR_ROK, 1000) & ISR_ROK != 0 && rtl8139_poll_one_arp_reply(p.net_gateway);
+    let recovered = wait_isr(isr::ROK, 1000) & isr::ROK != 0 && rtl8139_poll_one_arp_reply(p.net_gateway);
 
     NetResult {
         workload: "net-hostile",

@@ -27,38 +27,16 @@ use crate::abi::PORT_NIC;
 use crate::io::{inb, inl, inw, outb, outl, outw};
 use crate::timer::ack_irq;
 
-/// Register offsets from the I/O base (the same as the device's `vmm::devices::rtl8139::reg`).
-pub mod reg {
-    pub const IDR0: u16 = 0x00;
-    pub const TSD0: u16 = 0x10;
-    pub const TSAD0: u16 = 0x20;
-    pub const RBSTART: u16 = 0x30;
-    pub const CR: u16 = 0x37;
-    pub const CAPR: u16 = 0x38;
-    pub const IMR: u16 = 0x3c;
-    pub const ISR: u16 = 0x3e;
-    pub const TCR: u16 = 0x40;
-    pub const RCR: u16 = 0x44;
-}
+pub use crate::abi::rtl8139::{cr, isr, rcr, reg, tsd, WRAP_SLACK};
 
-pub const CR_BUFE: u8 = 0x01;
-pub const CR_TE: u8 = 0x04;
-pub const CR_RE: u8 = 0x08;
-pub const CR_RST: u8 = 0x10;
-pub const ISR_ROK: u16 = 0x0001;
-pub const ISR_RER: u16 = 0x0002;
-pub const ISR_TER: u16 = 0x0008;
-pub const ISR_RXOVW: u16 = 0x0010;
-pub const ISR_SERR: u16 = 0x8000;
 /// The receive interrupts this driver enables.
-pub const RX_BITS: u16 = ISR_ROK | ISR_RER | ISR_RXOVW;
-pub const TSD_OWN: u32 = 1 << 13;
+pub const RX_BITS: u16 = isr::ROK | isr::RER | isr::RXOVW;
 /// RCR: accept physical match, multicast, broadcast; WRAP; RBLEN = 2 (32 KiB ring).
-pub const RCR_VALUE: u32 = 0x02 | 0x04 | 0x08 | 0x80 | (2 << 11);
+pub const RCR_VALUE: u32 = rcr::APM | rcr::AM | rcr::AB | rcr::WRAP | (2 << 11);
 /// The ring's length for offsets; the buffer has 16 + 2048 bytes more (WRAP writes past the
 /// end, as with Linux's `RX_BUF_TOT_LEN`).
 pub const RING_LEN: usize = 32 * 1024;
-const RING_ALLOC: usize = RING_LEN + 16 + 2048;
+const RING_ALLOC: usize = RING_LEN + WRAP_SLACK as usize;
 pub const TX_BUF: usize = 1536;
 pub const NUM_TX: usize = 4;
 /// The smallest frame the chip sends (Linux pads to `ETH_ZLEN`).
@@ -206,8 +184,8 @@ pub fn tx_buf_addr(n: usize) -> u32 {
 #[inline(never)]
 pub fn rtl8139_init(mode: NicMode) -> [u8; 6] {
     MODE_NAPI.store(mode == NicMode::Napi, Ordering::Relaxed);
-    iowrite8(CR_RST, r(reg::CR));
-    while ioread8(r(reg::CR)) & CR_RST != 0 {}
+    iowrite8(cr::RST, r(reg::CR));
+    while ioread8(r(reg::CR)) & cr::RST != 0 {}
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
         *b = ioread8(r(reg::IDR0 + i as u16));
@@ -218,7 +196,7 @@ pub fn rtl8139_init(mode: NicMode) -> [u8; 6] {
     for n in 0..NUM_TX {
         iowrite32(tx_buf_addr(n), r(reg::TSAD0 + 4 * n as u16));
     }
-    iowrite8(CR_RE | CR_TE, r(reg::CR));
+    iowrite8(cr::RE | cr::TE, r(reg::CR));
     iowrite32(0x0300_0700, r(reg::TCR)); // IFG and DMA burst as 8139too; not interpreted
     iowrite32(RCR_VALUE, r(reg::RCR));
     iowrite16(0xffff, r(reg::ISR));
@@ -272,7 +250,7 @@ pub extern "C" fn rtl8139_interrupt() {
         }
     } else {
         iowrite16(status, r(reg::ISR));
-        if status & ISR_ROK != 0 {
+        if status & isr::ROK != 0 {
             rtl8139_rx_one();
         }
     }
@@ -290,10 +268,10 @@ pub extern "C" fn rtl8139_poll() -> bool {
     NAPI_POLLS.fetch_add(1, Ordering::Relaxed);
     let mut done = 0;
     while done < NAPI_BUDGET {
-        if ioread8(r(reg::CR)) & CR_BUFE != 0 {
+        if ioread8(r(reg::CR)) & cr::BUFE != 0 {
             // Empty: ack what the packets taken raised, and unmask unless one came since.
             iowrite16(RX_BITS, r(reg::ISR));
-            if ioread8(r(reg::CR)) & CR_BUFE == 0 {
+            if ioread8(r(reg::CR)) & cr::BUFE == 0 {
                 continue;
             }
             NAPI_SCHEDULED.store(false, Ordering::Release);
@@ -325,7 +303,7 @@ fn rtl8139_resync() {
 pub fn rtl8139_start_xmit<R>(len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
     let n = CUR_TX.load(Ordering::Relaxed) as usize % NUM_TX;
     let tsd = r(reg::TSD0 + 4 * n as u16);
-    while ioread32(tsd) & TSD_OWN == 0 {}
+    while ioread32(tsd) & tsd::OWN == 0 {}
     let len = len.min(TX_BUF);
     let bufs = &raw mut TX_BUFS;
     // SAFETY: descriptor n is free (OWN set: the NIC is done with its buffer) and only the
