@@ -191,10 +191,34 @@ pub struct ExitRecord {
     pub duration_ns: u64,
 }
 
+/// Records per [`RecordBatch`].
+pub const RECORD_BATCH_LEN: usize = 8;
+
+/// A vCPU thread's finished exits waiting to go through the ring buffer together
+/// (`maps::RECORD_BATCHES`): one ring-buffer write per [`RECORD_BATCH_LEN`] exits instead of a
+/// reserve and a submit per exit (measured: ~160 ns per exit here). Kept per thread, so each
+/// thread's records stay in order; a batch not yet full is read by the daemon at the end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordBatch {
+    /// How many of `records` are filled (always `< RECORD_BATCH_LEN` between exits).
+    pub len: u32,
+    pub _pad: u32,
+    pub records: [ExitRecord; RECORD_BATCH_LEN],
+}
+
+impl RecordBatch {
+    /// The filled records (`len` clamped: the value may come from a damaged or racing read).
+    pub fn filled(&self) -> &[ExitRecord] {
+        &self.records[..(self.len as usize).min(RECORD_BATCH_LEN)]
+    }
+}
+
 // These layouts are shared with the kernel (map keys and values, ring-buffer records) and, via
 // the daemon, with recording files: a change must be deliberate, not a side effect.
 const _: () = assert!(core::mem::size_of::<ExitKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<RecordBatch>() == 8 + 64 * RECORD_BATCH_LEN);
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 128 + core::mem::size_of::<runs::RunState>() + 56);
 const _: () = assert!(core::mem::size_of::<runs::RunState>() == 304);
 const _: () = assert!(core::mem::size_of::<ExitStats>() == 16 + 8 * HIST_BUCKETS);
@@ -218,6 +242,8 @@ mod pod {
     unsafe impl aya::Pod for super::ThreadSlot {}
     // SAFETY: repr(C), an ExitKey (Pod, size a multiple of 8) and u64s.
     unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: repr(C), u32, u32 (the padding spelled out), then ExitRecords (Pod, 8-aligned).
+    unsafe impl aya::Pod for super::RecordBatch {}
     // SAFETY: repr(C), two u64, no padding.
     unsafe impl aya::Pod for super::CountTime {}
     // SAFETY: repr(C), u32, u32, u64: no padding.

@@ -66,6 +66,10 @@ pub mod maps {
     /// `RingBuf` of [`crate::ExitRecord`], written only when records are requested.
     pub const RECORDS: &str = "RECORDS";
     pub const RECORDS_BYTES: u32 = 16 << 20;
+    /// `Array<RecordBatch>`: the records of the thread that owns `THREAD_SLOTS[i]`, at `i`,
+    /// written to `RECORDS` eight at a time (threads without a slot write each record at
+    /// once). The daemon reads what is left when the session ends or the slot is freed.
+    pub const RECORD_BATCHES: &str = "RECORD_BATCHES";
     /// `PerCpuArray<u64>` of loss counters, indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// `HashMap<u32 tgid, guest::GuestMemMap>`: guest-physical -> host-virtual regions of each

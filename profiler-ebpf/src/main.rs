@@ -41,7 +41,7 @@ use profiler_common::{
     guest::{self, GuestMemMap, Paging},
     maps, mmio_type,
     runs::{RunKey, RunStats},
-    CountTime, ExitKey, ExitRecord, ExitStats, Thread, ThreadSlot, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_EXIT_REASON, KVM_RUN_IMMEDIATE_EXIT, KVM_RUN_IO,
+    CountTime, ExitKey, ExitRecord, ExitStats, RecordBatch, RECORD_BATCH_LEN, Thread, ThreadSlot, ThreadState, KVM_EXIT_IO_OUT, KVM_RUN_EXIT_REASON, KVM_RUN_IMMEDIATE_EXIT, KVM_RUN_IO,
     NO_CS_BASE, NO_OFFSET, REGS_AVAIL_RSP, UNKNOWN_CALLER, X86EMUL_MODE_PROT64,
 };
 
@@ -129,6 +129,9 @@ static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(maps::THRE
 static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
 #[map]
 static SLOT_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
+/// The streamed records of each slot's thread, written to RECORDS eight at a time.
+#[map]
+static RECORD_BATCHES: Array<RecordBatch> = Array::with_max_entries(maps::THREAD_SLOTS_MAX_ENTRIES, 0);
 #[map]
 static GUEST_MEMORY_USED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
@@ -163,9 +166,14 @@ fn field<T>(ctx: &TracePointContext, offset: &Global<u32>) -> Option<T> {
 
 #[inline(always)]
 fn bump(index: u32) {
+    bump_by(index, 1);
+}
+
+#[inline(always)]
+fn bump_by(index: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array: one writer.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 
@@ -290,13 +298,43 @@ fn charge(s: &mut ThreadState, rec: Option<ExitRecord>) {
         None => charge_overflow(&rec),
     }
     if STREAM_RECORDS.load() != 0 {
-        match RECORDS.reserve::<ExitRecord>(0) {
-            Some(mut slot) => {
-                slot.write(rec);
-                slot.submit(0);
+        stream_record(&rec);
+    }
+}
+
+/// Streams one finished exit: into its thread's `RECORD_BATCHES` entry, which goes through
+/// `RECORDS` in one write when full; a thread without a slot writes it at once. A write the
+/// ring buffer has no room for counts its records as dropped.
+#[inline(always)]
+fn stream_record(rec: &ExitRecord) {
+    let index = rec.key.tid % maps::THREAD_SLOTS_MAX_ENTRIES;
+    // SAFETY: a non-null pointer to an array entry; only its `tid` is read, which the thread
+    // named by it wrote when it claimed the slot.
+    let owned = THREAD_SLOTS.get_ptr(index).is_some_and(|slot| unsafe { (*slot).tid } == rec.key.tid);
+    if owned {
+        if let Some(batch) = RECORD_BATCHES.get_ptr_mut(index) {
+            // SAFETY: the batch of the slot this thread owns: one writer (see "one writer").
+            let batch = unsafe { &mut *batch };
+            // As in ExitStats::add: the volatile read keeps the bound check the verifier needs.
+            // SAFETY: reads a live, initialized, aligned field.
+            let len = unsafe { core::ptr::read_volatile(&batch.len) } as usize;
+            if len < RECORD_BATCH_LEN {
+                batch.records[len] = *rec;
             }
-            None => bump(counter::RECORDS_DROPPED),
+            let len = len + 1;
+            if len < RECORD_BATCH_LEN {
+                batch.len = len as u32;
+                return;
+            }
+            batch.len = 0;
+            if RECORDS.output::<[ExitRecord; RECORD_BATCH_LEN]>(&batch.records, 0).is_err() {
+                bump_by(counter::RECORDS_DROPPED, RECORD_BATCH_LEN as u64);
+            }
+            return;
         }
+    }
+    if RECORDS.output::<ExitRecord>(rec, 0).is_err() {
+        bump(counter::RECORDS_DROPPED);
     }
 }
 

@@ -11,7 +11,7 @@ use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::guest::GuestMemMap;
 use profiler_common::runs::{RunKey, RunStats, DEFAULT_MAX_GAP_NS_EMULATED, DEFAULT_MAX_GAP_NS_HW};
-use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, ThreadSlot, ThreadState, FIELD_GLOBALS};
+use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, RecordBatch, ThreadSlot, ThreadState, FIELD_GLOBALS};
 
 use super::error::LiveError;
 use super::targets::thread_alive;
@@ -134,7 +134,8 @@ pub struct Session {
     thread_slots: Array<MapData, ThreadSlot>,
     slot_owners: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
-    records: Option<RingBuf<MapData>>,
+    /// The records ring buffer and the per-thread batches on their way to it (`--records`).
+    records: Option<(RingBuf<MapData>, Array<MapData, RecordBatch>)>,
     guest_memory: Option<GuestMemoryMap>,
     /// Runs of successive I/O exits (profiler_common::runs) and the gap that delimits them.
     runs: PerCpuHashMap<MapData, RunKey, RunStats>,
@@ -264,6 +265,7 @@ impl Session {
         if !cfg.records {
             // The ring buffer is never written: don't pin 16 MiB of kernel memory for it.
             loader.map_max_entries(maps::RECORDS, 4096);
+            loader.map_max_entries(maps::RECORD_BATCHES, 1);
         } else if let Some(bytes) = records_buffer {
             loader.map_max_entries(maps::RECORDS, bytes);
         }
@@ -306,7 +308,14 @@ impl Session {
             PerCpuHashMap::try_from(take_map(&mut ebpf, maps::EXITS_OVERFLOW)?).map_err(map_type(maps::EXITS_OVERFLOW))?;
         let threads = HashMap::try_from(take_map(&mut ebpf, maps::THREADS)?).map_err(map_type(maps::THREADS))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, maps::COUNTERS)?).map_err(map_type(maps::COUNTERS))?;
-        let records = if cfg.records { Some(RingBuf::try_from(take_map(&mut ebpf, maps::RECORDS)?).map_err(map_type(maps::RECORDS))?) } else { None };
+        let records = if cfg.records {
+            Some((
+                RingBuf::try_from(take_map(&mut ebpf, maps::RECORDS)?).map_err(map_type(maps::RECORDS))?,
+                Array::try_from(take_map(&mut ebpf, maps::RECORD_BATCHES)?).map_err(map_type(maps::RECORD_BATCHES))?,
+            ))
+        } else {
+            None
+        };
         let guest_memory = Some(GuestMemoryMap(
             HashMap::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY)?).map_err(map_type(maps::GUEST_MEMORY))?,
             Array::try_from(take_map(&mut ebpf, maps::GUEST_MEMORY_USED)?).map_err(map_type(maps::GUEST_MEMORY_USED))?,
@@ -453,18 +462,42 @@ impl Session {
     }
 
     fn drain_records(&mut self) {
-        let Some(rb) = &mut self.records else { return };
+        let Some((rb, _)) = &mut self.records else { return };
         while let Some(item) = rb.next() {
-            if item.len() >= std::mem::size_of::<ExitRecord>() {
-                // SAFETY: the program writes whole ExitRecords (plain integers, any bit
+            // One record, or a thread's batch of RECORD_BATCH_LEN.
+            for chunk in item.chunks_exact(std::mem::size_of::<ExitRecord>()) {
+                // SAFETY: the programs write whole ExitRecords (plain integers, any bit
                 // pattern valid); read_unaligned tolerates the ring buffer's alignment.
-                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) };
+                let rec = unsafe { std::ptr::read_unaligned(chunk.as_ptr() as *const ExitRecord) };
                 match &mut self.record_sink {
                     Some(sink) => sink.push(&rec),
                     None => self.drained.push(rec),
                 }
             }
         }
+    }
+
+    /// Moves the records still waiting in the batches of the slots `indexes` (after the ring
+    /// buffer's, so each thread's stay in order) to where drained records go, and empties those
+    /// batches. Call it only when their threads cannot write: the programs are detached, or the
+    /// process has ended.
+    fn flush_record_batches(&mut self, indexes: impl Iterator<Item = u32>) -> Result<(), LiveError> {
+        self.drain_records();
+        let Some((_, batches)) = &mut self.records else { return Ok(()) };
+        for index in indexes {
+            let batch = batches.get(&index, 0).map_err(|source| LiveError::ReadMap { map: maps::RECORD_BATCHES, source })?;
+            if batch.len == 0 {
+                continue;
+            }
+            for rec in batch.filled() {
+                match &mut self.record_sink {
+                    Some(sink) => sink.push(rec),
+                    None => self.drained.push(*rec),
+                }
+            }
+            batches.set(index, RecordBatch::default(), 0).map_err(|source| LiveError::WriteMap { map: maps::RECORD_BATCHES, source })?;
+        }
+        Ok(())
     }
 
     /// The profile so far: the per-CPU maps summed, read while every program stays attached
@@ -485,7 +518,7 @@ impl Session {
         // Close the window before the programs detach one by one.
         self.control.set(maps::control::RECORDING, 0, 0).map_err(|source| LiveError::WriteMap { map: maps::CONTROL, source })?;
         drop(self.ebpf.take());
-        self.drain_records();
+        self.flush_record_batches(0..maps::THREAD_SLOTS_MAX_ENTRIES)?;
         let mut agg = Aggregate::new(self.records.is_some());
         if let Some(r) = &mut agg.records {
             r.append(&mut self.drained);
@@ -558,6 +591,7 @@ impl Session {
         for k in &overflow_keys {
             gone(self.exits_overflow.remove(k), maps::EXITS_OVERFLOW)?;
         }
+        self.flush_record_batches(states.iter().filter_map(|t| t.slot))?;
         for t in &states {
             match t.slot {
                 None => gone(self.threads.remove(&t.tid), maps::THREADS)?,
