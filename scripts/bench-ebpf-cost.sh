@@ -7,6 +7,8 @@
 # programs' run_time_ns / run_cnt are read with bpftool. Every exit fires `kvm_pio` exactly
 # once, so ns per exit = the programs' total run time / kvm_pio's run count.
 #   usage: sudo scripts/bench-ebpf-cost.sh [ROUNDS] [KVMPROF...]   (default: 5, target/release/kvmprof)
+#   EXIT_LOOP_ARGS="--long-mode" appends those arguments to every kvm-exit-loop run (default: none,
+#   real mode; --long-mode runs the same loop as a 64-bit guest, whose exits need no CS base read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -14,13 +16,14 @@ shift || true
 bins=("$@")
 [ ${#bins[@]} -gt 0 ] || bins=("${CARGO_TARGET_DIR:-target}/release/kvmprof")
 loop=${CARGO_TARGET_DIR:-target}/release/kvm-exit-loop
+read -ra loop_args <<<"${EXIT_LOOP_ARGS:-}"
 [ -x "$loop" ] || cargo build --release -p kvm-exit-loop --quiet
 tmp=$(mktemp -d)
 trap 'sysctl -q kernel.bpf_stats_enabled=0; rm -rf "$tmp"' EXIT
 sysctl -q kernel.bpf_stats_enabled=1
 for r in $(seq "$rounds"); do
   for i in "${!bins[@]}"; do
-    "$loop" --outs 100000000 >/dev/null &
+    "$loop" --outs 100000000 "${loop_args[@]}" >/dev/null &
     guest=$!
     sleep 0.3
     "${bins[$i]}" record -o "$tmp/r.kvmprof" --pid "$guest" --duration 3 2>/dev/null &

@@ -20,13 +20,15 @@
 #   MODES="bpftrace kvmprof" runs only those modes (the tables need "none" and "bpftrace" for their
 #   slowdown and ratio columns); KVMPROF=PATH picks the kvmprof binary; KVMPROF_BEFORE=PATH adds
 #   a mode "before": another kvmprof build in the same rounds (before/after a change).
+#   EXIT_LOOP_ARGS="--long-mode" appends those arguments to every kvm-exit-loop run (default: none,
+#   real mode; --long-mode runs the same loop as a 64-bit guest, whose exits need no CS base read).
 # Needs root, KVM, bpftrace, perf, bpftool (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 outs=${2:-200000}
 target=${CARGO_TARGET_DIR:-target}
-export KVMPROF=${KVMPROF:-$target/release/kvmprof} LOOP=$target/release/kvm-exit-loop
+export KVMPROF=${KVMPROF:-$target/release/kvmprof} LOOP=$target/release/kvm-exit-loop EXIT_LOOP_ARGS=${EXIT_LOOP_ARGS:-}
 [ -x "$KVMPROF" ] && [ -x "$LOOP" ] || cargo build --release -p profiler-daemon -p kvm-exit-loop --bins --quiet
 for tool in bpftrace perf bpftool; do
   command -v "$tool" >/dev/null || { echo "bench-peers: $tool not found: run scripts/setup.sh" >&2; exit 1; }
@@ -40,6 +42,7 @@ import ctypes, glob, json, os, signal, statistics, subprocess, sys, time
 
 rounds, outs, tmp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 KVMPROF, LOOP = os.environ["KVMPROF"], os.environ["LOOP"]
+LOOP_ARGS = os.environ["EXIT_LOOP_ARGS"].split()
 PORT = 0x80
 MODES = os.environ.get("MODES", "none bpftrace perf kvmprof records").split()
 BEFORE = os.environ.get("KVMPROF_BEFORE")  # another kvmprof build, measured in the same rounds
@@ -81,7 +84,7 @@ def wait_for(cond, what, timeout=20.0):
         time.sleep(0.05)
 
 def run(mode, r):
-    guest = subprocess.Popen([LOOP, "--outs", str(outs), "--pause-then-outs", "0", "--wait-for-go"],
+    guest = subprocess.Popen([LOOP, "--outs", str(outs), "--pause-then-outs", "0", "--wait-for-go", *LOOP_ARGS],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     assert guest.stdout.readline().strip() == "ready"
     rec = f"{tmp}/{mode}-{r}.kvmprof"

@@ -3,14 +3,16 @@
 use std::time::Duration;
 
 use clap::Parser;
-use kvm_exit_loop::{run, ExitLoopGuest, Options};
+use kvm_exit_loop::{run, ExitLoopGuest, Mode, Options};
 
 #[derive(Parser)]
 #[command(
     about = "A KVM guest with an exactly known number of port-I/O exits (test and benchmark calibration)",
     after_help = "With --pause-then-outs M the guest makes N outs, then pauses: kvm-exit-loop prints `paused` \
 and waits for a line on stdin, then the guest makes M more outs at the same RIP and halts. \
-With --wait-for-go it prints `ready` once the VM exists and waits for a line before the guest starts."
+With --wait-for-go it prints `ready` once the VM exists and waits for a line before the guest starts. \
+Every guest runs in real mode, or with --long-mode in 64-bit mode (the same exits at other RIPs: \
+see `out_rip` etc. in the output)."
 )]
 struct Args {
     /// Number of `out dx, al` the guest executes.
@@ -37,6 +39,10 @@ struct Args {
     /// W iterations of work (`second_rip` in the output is the second place).
     #[arg(long, value_name = "W", conflicts_with_all = ["ins", "pause_then_outs", "port_sweep"])]
     interleaved_work: Option<u32>,
+    /// Run the guest in 64-bit long mode (identity-mapped paging, CS base 0) instead of real
+    /// mode: the same exits, as a 64-bit guest (every modern OS) makes them.
+    #[arg(long)]
+    long_mode: bool,
     /// Print `ready` and wait for a line on stdin before the guest's first instruction.
     #[arg(long)]
     wait_for_go: bool,
@@ -66,16 +72,18 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn main() {
     let a = Args::parse();
+    let mode = if a.long_mode { Mode::Long } else { Mode::Real };
     let guest = match a.pause_then_outs {
-        _ if a.port_sweep => ExitLoopGuest::sweep(a.outs, a.out_port),
-        _ if a.interleaved_work.is_some() => ExitLoopGuest::interleaved(a.outs, a.interleaved_work.unwrap_or(0), a.out_port),
-        Some(m) => ExitLoopGuest::paused(a.outs, m, a.out_port),
-        None => ExitLoopGuest::new(a.outs, a.ins, a.out_port, a.in_port),
+        _ if a.port_sweep => ExitLoopGuest::sweep_in(mode, a.outs, a.out_port),
+        _ if a.interleaved_work.is_some() => ExitLoopGuest::interleaved_in(mode, a.outs, a.interleaved_work.unwrap_or(0), a.out_port),
+        Some(m) => ExitLoopGuest::paused_in(mode, a.outs, m, a.out_port),
+        None => ExitLoopGuest::new_in(mode, a.outs, a.ins, a.out_port, a.in_port),
     };
     let opts = Options { in_delay: Duration::from_micros(a.in_delay_us), wait_before_start: a.wait_for_go, outs_per_second: a.outs_per_second };
     match run(&guest, opts) {
         Ok(st) => {
             let v = serde_json::json!({
+                "mode": guest.mode.name(),
                 "out_rip": format!("{:#x}", guest.out_rip),
                 "in_rip": format!("{:#x}", guest.in_rip),
                 "pause_rip": format!("{:#x}", guest.pause_rip),
