@@ -11,6 +11,7 @@
 #   real mode; --long-mode runs the same loop as a 64-bit guest, whose exits need no CS base read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bpf-stats.sh
 rounds=${1:-5}
 shift || true
 bins=("$@")
@@ -19,8 +20,8 @@ loop=${CARGO_TARGET_DIR:-target}/release/kvm-exit-loop
 read -ra loop_args <<<"${EXIT_LOOP_ARGS:-}"
 [ -x "$loop" ] || cargo build --release -p kvm-exit-loop --quiet
 tmp=$(mktemp -d)
-trap 'sysctl -q kernel.bpf_stats_enabled=0; rm -rf "$tmp"' EXIT
-sysctl -q kernel.bpf_stats_enabled=1
+trap 'bpf_stats_restore; rm -rf "$tmp"' EXIT
+bpf_stats_on
 for r in $(seq "$rounds"); do
   for i in "${!bins[@]}"; do
     "$loop" --outs 100000000 "${loop_args[@]}" >/dev/null &
@@ -31,16 +32,16 @@ for r in $(seq "$rounds"); do
     sleep 2.5
     bpftool -j prog show >"$tmp/round-$r-bin-$i.json"
     # Only this recorder's programs (others may be loaded with the same names).
-    grep -h '^prog_id:' /proc/"$rec"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -u >"$tmp/ids-$r-$i"
+    bpf_prog_ids "$rec" >"$tmp/ids-$r-$i"
     wait "$rec"
     kill "$guest"; wait "$guest" 2>/dev/null || true
   done
   echo "round $r/$rounds done" >&2
 done
 python3 - "$tmp" "$rounds" "${bins[@]}" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 tmp, rounds, bins = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-names = {"kvm_pio", "kvm_mmio", "kvm_userspace_e", "kvm_fpu", "vcpu_of_insn"}
+names = set(os.environ["KVMPROF_PROGS"].split())
 print("| kvmprof | kvm_pio ns/run | kvm_userspace_exit ns/run | kvm_fpu ns/run (2 per exit) | eBPF ns per exit (median of rounds) |")
 print("|---|---:|---:|---:|---:|")
 for i, b in enumerate(bins):

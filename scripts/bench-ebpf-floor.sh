@@ -6,12 +6,12 @@
 #   usage: sudo scripts/bench-ebpf-floor.sh [OUTS]    (default 100000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bpf-stats.sh
 outs=${1:-100000}
 loop=${CARGO_TARGET_DIR:-target}/release/kvm-exit-loop
 [ -x "$loop" ] || cargo build --release -p kvm-exit-loop --quiet
-old=$(sysctl -n kernel.bpf_stats_enabled)
-trap 'sysctl -q kernel.bpf_stats_enabled=$old' EXIT
-sysctl -q kernel.bpf_stats_enabled=1
+trap bpf_stats_restore EXIT
+bpf_stats_on
 echo "| bpftrace program | runs | ns per run |"
 echo "|---|---:|---:|"
 for prog in 'tracepoint:kvm:kvm_fpu { $x = 1; }' 'tracepoint:kvm:kvm_fpu { @ = count(); }' 'tracepoint:kvm:kvm_fpu { @[tid] = count(); }'; do
@@ -19,7 +19,7 @@ for prog in 'tracepoint:kvm:kvm_fpu { $x = 1; }' 'tracepoint:kvm:kvm_fpu { @ = c
   bt=$!
   sleep 3
   "$loop" --outs "$outs" >/dev/null
-  for id in $(grep -h '^prog_id:' /proc/$bt/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -u); do
+  for id in $(bpf_prog_ids "$bt"); do
     bpftool -j prog show id "$id" | PROG="$prog" python3 -c 'import json, os, sys; p = json.load(sys.stdin); print("| `%s` | %d | %.0f |" % (os.environ["PROG"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]))'
   done
   kill -INT $bt; wait $bt || true

@@ -25,6 +25,7 @@
 # Needs root, KVM, bpftrace, perf, bpftool (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bpf-stats.sh
 rounds=${1:-5}
 outs=${2:-200000}
 target=${CARGO_TARGET_DIR:-target}
@@ -34,9 +35,8 @@ for tool in bpftrace perf bpftool; do
   command -v "$tool" >/dev/null || { echo "bench-peers: $tool not found: run scripts/setup.sh" >&2; exit 1; }
 done
 tmp=$(mktemp -d)
-old_stats=$(sysctl -n kernel.bpf_stats_enabled)
-trap 'sysctl -q kernel.bpf_stats_enabled=$old_stats; rm -rf "$tmp"' EXIT
-sysctl -q kernel.bpf_stats_enabled=1
+trap 'bpf_stats_restore; rm -rf "$tmp"' EXIT
+bpf_stats_on
 python3 - "$rounds" "$outs" "$tmp" <<'PY'
 import ctypes, glob, json, os, signal, statistics, subprocess, sys, time
 

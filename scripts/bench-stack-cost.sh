@@ -15,15 +15,16 @@
 #   usage: sudo scripts/bench-stack-cost.sh [ROUNDS]   (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bpf-stats.sh
 rounds=${1:-3}
 bin=${CARGO_TARGET_DIR:-target}/release
 tmp=$(mktemp -d)
 vm=
-trap 'sysctl -q kernel.bpf_stats_enabled=0; [ -n "$vm" ] && kill "$vm" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'bpf_stats_restore; [ -n "$vm" ] && kill "$vm" 2>/dev/null; rm -rf "$tmp"' EXIT
 for v in fp nofp; do "$bin/tinyvmm" guest-elf --guest-variant "$v" -o "$tmp/$v.elf"; done
 truncate -s 64M "$tmp/disk.img"
 configs=("fp 1" "fp 4" "nofp 1" "nofp 4")
-sysctl -q kernel.bpf_stats_enabled=1
+bpf_stats_on
 for r in $(seq "$rounds"); do
   for i in "${!configs[@]}"; do
     read -r variant depth <<<"${configs[$i]}"
@@ -37,7 +38,7 @@ for r in $(seq "$rounds"); do
     # --duration counts from when the programs are attached (the verifier takes longer with
     # the stack walker): the samples are timed from when kvmprof says it records.
     until grep -q "recording" "$tmp/err"; do sleep 0.05; done
-    grep -h '^prog_id:' /proc/"$rec"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -u >"$tmp/ids-$r-$i" || true
+    bpf_prog_ids "$rec" >"$tmp/ids-$r-$i" || true
     exits_map=
     for m in $(grep -h '^map_id:' /proc/"$rec"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -u); do
       if bpftool -j map show id "$m" 2>/dev/null | grep -q '"name":"EXITS"'; then exits_map=$m; fi
@@ -56,9 +57,9 @@ for r in $(seq "$rounds"); do
   echo "round $r/$rounds done" >&2
 done
 python3 - "$tmp" "$rounds" "${configs[@]}" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 tmp, rounds, configs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-names = {"kvm_pio", "kvm_mmio", "kvm_userspace_e", "kvm_fpu", "vcpu_of_insn"}
+names = set(os.environ["KVMPROF_PROGS"].split())
 print("| guest build | --stack-depth | kvm_pio ns/run | kvm_pio runs in the 2 s window | this guest's exits in it | eBPF ns per exit of this guest (median of rounds) |")
 print("|---|---:|---:|---:|---:|---:|")
 notes = []

@@ -57,6 +57,12 @@ impl StackSetup {
     /// tables, else its DWARF CFI; none: frame pointers only) moved by the KASLR `slide`.
     /// None for depth 1: the caller only, as without stacks.
     pub fn new(depth: u32, elf: Option<&Path>, slide: i64) -> Result<Option<StackSetup>, StackSetupError> {
+        Ok(StackSetup::with_table(depth, elf, slide)?.map(|(setup, _table)| setup))
+    }
+
+    /// [`StackSetup::new`], and the table it was built from (None: frame pointers only), for
+    /// [`StackSetup::with_slide_from_exits`], which keeps it at link addresses: one read.
+    fn with_table(depth: u32, elf: Option<&Path>, slide: i64) -> Result<Option<(StackSetup, Option<UnwindTable>)>, StackSetupError> {
         if depth == 0 || depth as usize > MAX_STACK_DEPTH {
             return Err(StackSetupError::Depth(depth));
         }
@@ -84,15 +90,15 @@ impl StackSetup {
             slide_from_exits: None,
             stacks_from_exit: None,
         };
-        Ok(Some(StackSetup { depth, entries, info, auto_slide: None }))
+        Ok(Some((StackSetup { depth, entries, info, auto_slide: None }, table)))
     }
 
     /// As [`StackSetup::new`] with the unwind table of `elf`, whose KASLR slide is found from
     /// the recording's first exits (symbolizer::kaslr::infer_slide, as `report --kaslr-offset
     /// auto` does): until then exits get their caller only. None for depth 1.
     pub fn with_slide_from_exits(depth: u32, elf: &Path) -> Result<Option<StackSetup>, StackSetupError> {
-        let Some(mut setup) = StackSetup::new(depth, Some(elf), 0)? else { return Ok(None) };
-        let Some(table) = UnwindTable::from_elf(elf)?.filter(|t| !t.entries.is_empty()) else {
+        let Some((mut setup, table)) = StackSetup::with_table(depth, Some(elf), 0)? else { return Ok(None) };
+        let Some(table) = table else {
             // No table: frame pointers need no slide.
             return Ok(Some(setup));
         };

@@ -3,7 +3,7 @@
 
 use crate::io::{inb, inl, outb};
 use crate::platform;
-use core::arch::{asm, global_asm};
+use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub const PIT_HZ: u64 = 1_193_182;
@@ -73,24 +73,34 @@ pub extern "C" fn timer_interrupt() {
     ack_irq();
 }
 
-// Saves the caller-saved registers around `timer_interrupt`. On entry the CPU has pushed
-// 5 qwords onto a 16-byte aligned stack; 9 pushes make the call site aligned again.
-global_asm!(
-    ".global timer_isr_entry",
-    ".type timer_isr_entry, @function",
-    "timer_isr_entry:",
-    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
-    "push r8", "push r9", "push r10", "push r11",
-    "call timer_interrupt",
-    "pop r11", "pop r10", "pop r9", "pop r8",
-    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
-    "iretq",
-    ".size timer_isr_entry, . - timer_isr_entry",
-);
+/// Defines `$entry`, an interrupt entry for [`idt_set_gate`](crate::timer::idt_set_gate)
+/// that calls the `#[no_mangle] extern "C"` function `$handler` and returns with `iretq`,
+/// saving the caller-saved registers around the call (the interrupted code still needs
+/// them). On entry the CPU has pushed 5 qwords onto a 16-byte aligned stack; 9 pushes make
+/// the call site aligned again.
+#[macro_export]
+macro_rules! isr_entry {
+    ($entry:ident => $handler:ident) => {
+        core::arch::global_asm!(
+            concat!(".global ", stringify!($entry)),
+            concat!(".type ", stringify!($entry), ", @function"),
+            concat!(stringify!($entry), ":"),
+            "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+            "push r8", "push r9", "push r10", "push r11",
+            concat!("call ", stringify!($handler)),
+            "pop r11", "pop r10", "pop r9", "pop r8",
+            "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+            "iretq",
+            concat!(".size ", stringify!($entry), ", . - ", stringify!($entry)),
+        );
 
-extern "C" {
-    fn timer_isr_entry();
+        extern "C" {
+            fn $entry();
+        }
+    };
 }
+
+isr_entry!(timer_isr_entry => timer_interrupt);
 
 #[repr(C, align(16))]
 struct Idt([u64; 512]);

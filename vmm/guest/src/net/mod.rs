@@ -249,6 +249,43 @@ fn ticks_for(seconds: u64) -> u64 {
     seconds.saturating_mul(SLOW_TICK_HZ_X10) / 10
 }
 
+/// When a receiving workload's data came: the PM-timer readings of the first and the last
+/// (its throughput window), and the slow tick of the last, to give up after `seconds`
+/// without any.
+struct RxProgress {
+    idle: u64,
+    last_seen: u64,
+    first_pm: Option<u64>,
+    last_pm: u64,
+}
+
+impl RxProgress {
+    fn new(seconds: u64) -> Self {
+        RxProgress { idle: ticks_for(seconds).max(1), last_seen: TICKS.load(Ordering::Relaxed), first_pm: None, last_pm: 0 }
+    }
+
+    /// After a turn of the main loop that read data (`got`) or none: notes when the data
+    /// came, or says (true) that nothing came for too long. Inlined: its PM-timer read (an
+    /// exit) stays in the workload's own function, where recordings have always found it.
+    #[inline(always)]
+    fn gave_up(&mut self, got: bool, pm: &mut PmClock) -> bool {
+        if got {
+            let t = pm.read();
+            self.first_pm.get_or_insert(t);
+            self.last_pm = t;
+            self.last_seen = TICKS.load(Ordering::Relaxed);
+            false
+        } else {
+            TICKS.load(Ordering::Relaxed).wrapping_sub(self.last_seen) > self.idle
+        }
+    }
+
+    /// PM-timer ticks from the first data to the last.
+    fn pm_ticks(&self) -> u64 {
+        self.last_pm - self.first_pm.unwrap_or(self.last_pm)
+    }
+}
+
 /// Answers ping (smoltcp) and UDP echo on port 7 for `seconds`.
 #[inline(never)]
 fn net_echo(p: &BootParams, mode: NicMode) -> NetResult {
@@ -281,11 +318,8 @@ fn net_rx(p: &BootParams, mode: NicMode) -> NetResult {
     let mut s = Stack::new(p, mode);
     let _ = s.socket().bind(p.net_port);
     s.start();
-    let idle = ticks_for(p.seconds).max(1);
     let mut check = StreamCheck::default();
-    let mut last_seen = TICKS.load(Ordering::Relaxed);
-    let mut first_pm = None;
-    let mut last_pm = 0;
+    let mut progress = RxProgress::new(p.seconds);
     let mut timed_out = false;
     while check.datagrams < p.count {
         s.turn();
@@ -294,12 +328,7 @@ fn net_rx(p: &BootParams, mode: NicMode) -> NetResult {
             check.add(data);
             got = true;
         }
-        if got {
-            let t = s.pm.read();
-            first_pm.get_or_insert(t);
-            last_pm = t;
-            last_seen = TICKS.load(Ordering::Relaxed);
-        } else if TICKS.load(Ordering::Relaxed).wrapping_sub(last_seen) > idle {
+        if progress.gave_up(got, &mut s.pm) {
             timed_out = true;
             break;
         }
@@ -308,7 +337,7 @@ fn net_rx(p: &BootParams, mode: NicMode) -> NetResult {
     r.stream = check;
     r.timed_out = timed_out;
     r.ok = !timed_out && check.bad_seq == 0 && check.bad_checksum == 0;
-    r.pm_ticks = last_pm - first_pm.unwrap_or(last_pm);
+    r.pm_ticks = progress.pm_ticks();
     r
 }
 
@@ -378,10 +407,8 @@ fn net_tcp_rx(p: &BootParams, mode: NicMode) -> NetResult {
         let _ = sock.listen(proto::TCP_STREAM_PORT);
     }
     s.start();
-    let idle = ticks_for(p.seconds).max(1);
     let mut check = StreamCheck::default();
-    let mut last_seen = TICKS.load(Ordering::Relaxed);
-    let (mut first_pm, mut last_pm) = (None, 0);
+    let mut progress = RxProgress::new(p.seconds);
     let mut connected = false;
     let mut timed_out = false;
     let mut buf = [0u8; 2048];
@@ -410,11 +437,8 @@ fn net_tcp_rx(p: &BootParams, mode: NicMode) -> NetResult {
         if got {
             // Announce the window the reads opened now, not after the next halt.
             s.iface.poll(now(), &mut s.nic, &mut s.sockets);
-            let t = s.pm.read();
-            first_pm.get_or_insert(t);
-            last_pm = t;
-            last_seen = TICKS.load(Ordering::Relaxed);
-        } else if TICKS.load(Ordering::Relaxed).wrapping_sub(last_seen) > idle {
+        }
+        if progress.gave_up(got, &mut s.pm) {
             timed_out = true;
             break;
         }
@@ -429,7 +453,7 @@ fn net_tcp_rx(p: &BootParams, mode: NicMode) -> NetResult {
     r.stream = check;
     r.timed_out = timed_out;
     r.ok = !timed_out && check.bad_checksum == 0 && check.bytes > 0;
-    r.pm_ticks = last_pm - first_pm.unwrap_or(last_pm);
+    r.pm_ticks = progress.pm_ticks();
     r
 }
 

@@ -318,20 +318,4 @@ pub fn rtl8139_start_xmit<R>(len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R
     out
 }
 
-// Saves the caller-saved registers around `rtl8139_interrupt`, as `timer_isr_entry`.
-core::arch::global_asm!(
-    ".global nic_isr_entry",
-    ".type nic_isr_entry, @function",
-    "nic_isr_entry:",
-    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
-    "push r8", "push r9", "push r10", "push r11",
-    "call rtl8139_interrupt",
-    "pop r11", "pop r10", "pop r9", "pop r8",
-    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
-    "iretq",
-    ".size nic_isr_entry, . - nic_isr_entry",
-);
-
-extern "C" {
-    fn nic_isr_entry();
-}
+crate::isr_entry!(nic_isr_entry => rtl8139_interrupt);
