@@ -56,9 +56,19 @@ pub(super) struct Parser {
     /// Threads already named in an earlier block of this parser. A parser takes blocks in
     /// file order, so a thread first seen here in an earlier block is named there.
     seen: HashSet<u32, foldhash::fast::RandomState>,
-    /// Reason names seen, decoded once: `(isa, code)`.
+    /// Reason names seen, decoded once: `(isa, code)`; the first [`FEW_REASONS`] in a list.
+    few_reasons: Vec<(Box<[u8]>, Option<(u8, u32)>)>,
     reasons: HashMap<Box<[u8]>, Option<(u8, u32)>, foldhash::fast::RandomState>,
+    /// The last few threads named (vCPU threads take turns line by line): checked before
+    /// `seen`.
+    recent: [Option<u32>; RECENT_THREADS],
+    /// The text before the timestamp of the last lines that had new ones, and its task.
+    tasks: Vec<(Box<[u8]>, Option<line::Task>)>,
 }
+
+const FEW_REASONS: usize = 8;
+const TASKS_KEPT: usize = 8;
+const RECENT_THREADS: usize = 4;
 
 /// What one line was.
 enum Line {
@@ -73,11 +83,10 @@ enum Line {
 }
 
 static REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"reason "));
-static RIP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b" rip "));
 
 impl Parser {
     pub fn new(hw: bool, strict: bool) -> Parser {
-        Parser { hw, strict, seen: HashSet::default(), reasons: HashMap::default() }
+        Parser { hw, strict, seen: HashSet::default(), few_reasons: Vec::new(), reasons: HashMap::default(), recent: [None; RECENT_THREADS], tasks: Vec::new() }
     }
 
     /// Parses a block of whole lines (each ended by a newline, the last one perhaps not).
@@ -119,22 +128,51 @@ impl Parser {
         out
     }
 
+    /// [`line::parse_task`], remembered for the last few texts seen: a thread's lines all
+    /// start with the same bytes up to the timestamp.
+    fn task(&mut self, head: &[u8]) -> Option<line::Task> {
+        if let Some((_, task)) = self.tasks.iter().find(|(h, _)| **h == *head) {
+            return task.clone();
+        }
+        let task = line::parse_task(head);
+        if self.tasks.len() == TASKS_KEPT {
+            self.tasks.pop();
+        }
+        self.tasks.insert(0, (head.into(), task.clone()));
+        task
+    }
+
     fn reason(&mut self, name: &[u8]) -> Option<(u8, u32)> {
+        // A trace has a handful of reasons: the first few are compared in a row (cheaper than
+        // hashing the name), the rest found by hash.
+        if let Some((_, r)) = self.few_reasons.iter().find(|(n, _)| **n == *name) {
+            return *r;
+        }
         if let Some(r) = self.reasons.get(name) {
             return *r;
         }
         let decoded = decode_reason(name);
-        self.reasons.insert(name.into(), decoded);
+        if self.few_reasons.len() < FEW_REASONS {
+            self.few_reasons.push((name.into(), decoded));
+        } else {
+            self.reasons.insert(name.into(), decoded);
+        }
         decoded
     }
 
     fn line(&mut self, text: &[u8], last_tid: &mut Option<u32>, new_threads: &mut Vec<(u32, ThreadInfo)>) -> Line {
-        let Some(ev) = line::parse(text) else { return Line::Malformed };
+        let Some(tail) = line::parse_tail(text) else { return Line::Malformed };
+        let Some(task) = self.task(&text[..tail.task_end]) else { return Line::Malformed };
+        let ev = tail.event(text, task);
         let t = Thread { tgid: ev.tgid.unwrap_or(ev.tid), tid: ev.tid };
         if *last_tid != Some(t.tid) {
             *last_tid = Some(t.tid);
-            if self.seen.insert(t.tid) {
-                new_threads.push((t.tid, ThreadInfo::from_comm(t.tgid, ev.comm)));
+            if !self.recent.contains(&Some(t.tid)) {
+                self.recent.rotate_right(1);
+                self.recent[0] = Some(t.tid);
+                if self.seen.insert(t.tid) {
+                    new_threads.push((t.tid, ThreadInfo::from_comm(t.tgid, ev.comm)));
+                }
             }
         }
         let now = ev.ts_ns;
@@ -210,10 +248,29 @@ fn parse_exit(args: &[u8], mut reason: impl FnMut(&[u8]) -> Option<(u8, u32)>) -
     // "vcpu N " leads on every kernel; anything else takes the general word search.
     let lead = args.strip_prefix(b"vcpu ").and_then(|r| r.iter().position(|c| *c == b' ').map(|i| &r[..i]));
     let vcpu = lead.or_else(|| line::arg(args, b"vcpu")).and_then(line::dec_u32).unwrap_or(NO_VCPU);
-    let r_at = REASON.find(args)? + b"reason ".len();
-    let rip_at = RIP.find(&args[r_at..])? + r_at;
+    // The first "reason ": right after an all-digit vcpu word when the line is regular (no
+    // "reason " can start inside "vcpu N "), else found by search.
+    let regular = lead.filter(|w| !w.is_empty() && w.iter().all(u8::is_ascii_digit)).map(|w| b"vcpu ".len() + w.len() + 1);
+    let r_at = match regular {
+        Some(at) if args[at..].starts_with(b"reason ") => at,
+        _ => REASON.find(args)?,
+    } + b"reason ".len();
+    // The first " rip " after it: it starts at one of the spaces, tried in order.
+    let mut rip_at = r_at;
+    loop {
+        rip_at += line::find(&args[rip_at..], b' ')?;
+        if args[rip_at..].starts_with(b" rip ") {
+            break;
+        }
+        rip_at += 1;
+    }
     let name = line::trim(&args[r_at..rip_at]);
-    let rip = line::hex(line::arg(&args[rip_at..], b"rip")?)?;
+    // The word after "rip" (`line::arg` on " rip VALUE ..."): separators skipped, then up to
+    // the next one.
+    let sep = |c: &u8| *c == b' ' || *c == b',';
+    let value = &args[rip_at + b" rip ".len()..];
+    let value = &value[value.iter().position(|c| !sep(c))?..];
+    let rip = line::hex(&value[..value.iter().position(sep).unwrap_or(value.len())])?;
     let (isa, code) = reason(name)?;
     Some((vcpu, isa, code, rip))
 }
@@ -234,6 +291,57 @@ mod tests {
         assert_eq!(exit("vcpu 0 reason DE excp rip 0x10 info1 0x0"), Some((0, isa::SVM, 0x40, 0x10)));
         assert_eq!(exit("vcpu 0 reason INVALID_STATE FAILED_VMENTRY rip 0x10 info1 0"), Some((0, isa::VMX, 33 | 0x8000_0000, 0x10)));
         assert_eq!(exit("vcpu 0 reason NOT_A_REASON rip 0x10"), None);
+    }
+
+    /// `parse_exit` before the search for "reason " and " rip " took the regular layout's
+    /// shortcut.
+    fn reference_exit(args: &[u8]) -> Option<(u32, u8, u32, u64)> {
+        let lead = args.strip_prefix(b"vcpu ").and_then(|r| r.iter().position(|c| *c == b' ').map(|i| &r[..i]));
+        let vcpu = lead.or_else(|| line::arg(args, b"vcpu")).and_then(line::dec_u32).unwrap_or(NO_VCPU);
+        let r_at = REASON.find(args)? + b"reason ".len();
+        let rip_at = memchr::memmem::find(&args[r_at..], b" rip ")? + r_at;
+        let name = line::trim(&args[r_at..rip_at]);
+        let rip = line::hex(line::arg(&args[rip_at..], b"rip")?)?;
+        let (isa, code) = decode_reason(name)?;
+        Some((vcpu, isa, code, rip))
+    }
+
+    #[test]
+    fn exit_arguments_agree_with_the_reference_on_mutated_lines() {
+        let seeds: [&[u8]; 4] = [
+            b"vcpu 3 reason IO_INSTRUCTION rip 0xffffffff81000010 info1 0x0 info2 0x0",
+            b"vcpu 0 reason INVALID_STATE FAILED_VMENTRY rip 0x10 info1 0",
+            b"vcpu 0 reason DE excp rip 0x10 info1 0x0",
+            b"reason HLT vcpu 1 rip 0x5",
+        ];
+        let alphabet = b" ,0123456789reasonrip vcpu0x";
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut decoded = 0;
+        for seed in seeds {
+            for round in 0..20_000 {
+                let mut l = seed.to_vec();
+                for _ in 0..round % 4 {
+                    let at = next() as usize % (l.len() + 1);
+                    let c = alphabet[next() as usize % alphabet.len()];
+                    match next() % 3 {
+                        0 if at < l.len() => l[at] = c,
+                        1 => l.insert(at, c),
+                        _ if at < l.len() => drop(l.remove(at)),
+                        _ => {}
+                    }
+                }
+                let want = reference_exit(&l);
+                assert_eq!(parse_exit(&l, decode_reason), want, "{}", String::from_utf8_lossy(&l));
+                decoded += usize::from(want.is_some());
+            }
+        }
+        assert!(decoded > 10_000, "{decoded}");
     }
 
     #[test]
