@@ -23,6 +23,7 @@ pub mod line;
 mod parse;
 mod pipeline;
 mod replay;
+mod sites;
 
 pub use line::Event;
 use parse::Parser;

@@ -178,27 +178,28 @@ impl Parser {
         let now = ev.ts_ns;
         let hw = self.hw;
         let a = ev.args;
-        if hw && matches!(ev.name, b"kvm_emulate_insn" | b"kvm_userspace_exit" | b"kvm_fpu") {
+        let name = EventName::of(ev.name);
+        if hw && matches!(name, EventName::EmulateInsn | EventName::UserspaceExit | EventName::Fpu) {
             return Line::Ignored(now);
         }
-        let parsed = match ev.name {
-            b"kvm_exit" if self.strict => return Line::LateHw,
-            b"kvm_exit" => {
+        let parsed = match name {
+            EventName::Exit if self.strict => return Line::LateHw,
+            EventName::Exit => {
                 let Some((vcpu, isa, reason, rip)) = parse_exit(a, |n| self.reason(n)) else { return Line::Malformed };
                 Ev::Exit { vcpu, isa, reason, rip }
             }
-            b"kvm_entry" if hw => Ev::Entry,
-            b"kvm_pio" => {
+            EventName::Entry if hw => Ev::Entry,
+            EventName::Pio => {
                 let kind = if a.starts_with(b"pio_write") { detail::PORT_OUT } else { detail::PORT_IN };
                 let Some(port) = line::arg(a, b"at").and_then(line::hex) else { return Line::Malformed };
                 Ev::Access { kind, addr: port }
             }
-            b"kvm_mmio" => {
+            EventName::Mmio => {
                 let kind = if a.starts_with(b"mmio write") { detail::MMIO_WRITE } else { detail::MMIO_READ };
                 let Some(gpa) = line::arg(a, b"gpa").and_then(line::hex) else { return Line::Malformed };
                 Ev::Access { kind, addr: gpa }
             }
-            b"kvm_emulate_insn" => {
+            EventName::EmulateInsn => {
                 // "0:1000f:ee (prot64)": csbase:rip:bytes; a trailing "failed" repeats an instruction.
                 let mut parts = a.split(|c| *c == b':');
                 match (parts.next().and_then(line::hex), parts.next().and_then(line::hex)) {
@@ -207,7 +208,7 @@ impl Parser {
                     _ => return Line::Malformed,
                 }
             }
-            b"kvm_userspace_exit" => {
+            EventName::UserspaceExit => {
                 // "reason KVM_EXIT_IO (2)"; a failed KVM_RUN prints "reason restart (4)" for
                 // -EINTR and "reason error (N)" for -N, with no reason of its own.
                 let code = memchr::memrchr(b'(', a).and_then(|i| line::dec_u32(a[i + 1..].strip_suffix(b")").unwrap_or(&a[i + 1..])));
@@ -218,14 +219,46 @@ impl Parser {
                     None => return Line::Malformed,
                 }
             }
-            b"kvm_fpu" if a.starts_with(b"load") => Ev::RunEntry,
-            b"kvm_fpu" => Ev::Nothing,
+            EventName::Fpu if a.starts_with(b"load") => Ev::RunEntry,
+            EventName::Fpu => Ev::Nothing,
             _ => return Line::Ignored(now),
         };
         Line::Event(Parsed { t, ts: now, ev: parsed })
     }
 }
 
+
+/// The events the importer knows, by name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum EventName {
+    Exit,
+    Entry,
+    Pio,
+    Mmio,
+    EmulateInsn,
+    UserspaceExit,
+    Fpu,
+    Other,
+}
+
+impl EventName {
+    /// By length first, then as fixed-size arrays (compared as words, not by `memcmp`).
+    fn of(name: &[u8]) -> EventName {
+        fn is<const N: usize>(name: &[u8], want: &[u8; N]) -> bool {
+            <&[u8; N]>::try_from(name).is_ok_and(|n| n == want)
+        }
+        match name.len() {
+            7 if is(name, b"kvm_pio") => EventName::Pio,
+            7 if is(name, b"kvm_fpu") => EventName::Fpu,
+            8 if is(name, b"kvm_exit") => EventName::Exit,
+            8 if is(name, b"kvm_mmio") => EventName::Mmio,
+            9 if is(name, b"kvm_entry") => EventName::Entry,
+            16 if is(name, b"kvm_emulate_insn") => EventName::EmulateInsn,
+            18 if is(name, b"kvm_userspace_exit") => EventName::UserspaceExit,
+            _ => EventName::Other,
+        }
+    }
+}
 
 /// A reason name as `kvm_exit` prints it: VMX names are upper case, SVM lower case, and the
 /// sets are disjoint, so the name decides the ISA.

@@ -105,9 +105,6 @@ pub(super) fn run<R: Read + Send>(input: Input<'_, R>, parser: Parser, mut repla
                 waiting.insert(seq, (text, parsed));
                 while let Some((text, parsed)) = waiting.remove(&next) {
                     replay(parsed)?;
-                    if let (Some(m), Text::Mapped(r)) = (map, &text) {
-                        drop_pages(m, r);
-                    }
                     let _ = pool_tx.send(text);
                     next += 1;
                 }
@@ -125,7 +122,8 @@ pub(super) fn run<R: Read + Send>(input: Input<'_, R>, parser: Parser, mut repla
 
 /// Unmaps a replayed block's pages: mapped page-cache pages count in the resident set, so
 /// without this it would grow to the file's size. A page shared with the next block is only
-/// faulted in again from the page cache.
+/// faulted in again from the page cache. Done by the reading thread when the block comes back
+/// to the pool, off the replay's path.
 fn drop_pages(map: &Mmap, range: &Range<usize>) {
     // SAFETY: the mapping is of a file, read-only and shared: MADV_DONTNEED only drops this
     // process's page-table entries, and a later read faults the same file bytes back in
@@ -140,7 +138,10 @@ fn cut_blocks(map: &Mmap, pool: Receiver<Text>, work: SyncSender<(u64, Text)>) -
     let mut start = 0;
     let mut seq = 0u64;
     while start < map.len() {
-        let Ok(_) = pool.recv() else { return Ok(()) };
+        let Ok(done) = pool.recv() else { return Ok(()) };
+        if let Text::Mapped(r) = done {
+            drop_pages(map, &r);
+        }
         let limit = (start + BLOCK_BYTES).min(map.len());
         let end = if limit == map.len() {
             limit
@@ -150,6 +151,10 @@ fn cut_blocks(map: &Mmap, pool: Receiver<Text>, work: SyncSender<(u64, Text)>) -
                 None => memchr::memchr(b'\n', &map[limit..]).map_or(map.len(), |i| limit + i + 1),
             }
         };
+        // The block's page-table entries in one call (the kernel maps the cached pages), not
+        // in a page fault every 16 pages on the parsing threads. Before Linux 5.14 this fails
+        // and the faults do it.
+        let _ = map.advise_range(memmap2::Advice::PopulateRead, start, end - start);
         if work.send((seq, Text::Mapped(start..end))).is_err() {
             return Ok(());
         }
