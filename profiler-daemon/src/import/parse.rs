@@ -131,7 +131,7 @@ impl Parser {
     /// [`line::parse_task`], remembered for the last few texts seen: a thread's lines all
     /// start with the same bytes up to the timestamp.
     fn task(&mut self, head: &[u8]) -> Option<line::Task> {
-        if let Some((_, task)) = self.tasks.iter().find(|(h, _)| **h == *head) {
+        if let Some((_, task)) = self.tasks.iter().find(|(h, _)| line::same(h, head)) {
             return task.clone();
         }
         let task = line::parse_task(head);
@@ -145,7 +145,7 @@ impl Parser {
     fn reason(&mut self, name: &[u8]) -> Option<(u8, u32)> {
         // A trace has a handful of reasons: the first few are compared in a row (cheaper than
         // hashing the name), the rest found by hash.
-        if let Some((_, r)) = self.few_reasons.iter().find(|(n, _)| **n == *name) {
+        if let Some((_, r)) = self.few_reasons.iter().find(|(n, _)| line::same(n, name)) {
             return *r;
         }
         if let Some(r) = self.reasons.get(name) {

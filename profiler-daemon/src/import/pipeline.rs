@@ -151,10 +151,6 @@ fn cut_blocks(map: &Mmap, pool: Receiver<Text>, work: SyncSender<(u64, Text)>) -
                 None => memchr::memchr(b'\n', &map[limit..]).map_or(map.len(), |i| limit + i + 1),
             }
         };
-        // The block's page-table entries in one call (the kernel maps the cached pages), not
-        // in a page fault every 16 pages on the parsing threads. Before Linux 5.14 this fails
-        // and the faults do it.
-        let _ = map.advise_range(memmap2::Advice::PopulateRead, start, end - start);
         if work.send((seq, Text::Mapped(start..end))).is_err() {
             return Ok(());
         }
