@@ -232,13 +232,16 @@ const NS_PER_DIGIT: [u64; 10] = [0, 100_000_000, 10_000_000, 1_000_000, 100_000,
 /// `memcmp` costs more than the comparison for a few dozen bytes).
 #[inline]
 pub fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+    let n = a.len();
+    if n != b.len() {
         return false;
     }
-    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or_default());
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tails_equal = ca.remainder() == cb.remainder();
-    tails_equal && ca.zip(cb).all(|(x, y)| word(x) == word(y))
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().unwrap_or_default());
+    // Whole words, then the last 8 bytes (overlapping the last word when n is not a multiple).
+    (0..n / 8).all(|k| word(a, 8 * k) == word(b, 8 * k)) && word(a, n - 8) == word(b, n - 8)
 }
 
 /// The value after `key ` in `args`, up to the next space (or `,`).
@@ -258,7 +261,7 @@ pub fn arg<'a>(args: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
         if after_key {
             return Some(word);
         }
-        after_key = word == key;
+        after_key = same(word, key);
     }
     None
 }
