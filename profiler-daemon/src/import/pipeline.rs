@@ -45,6 +45,9 @@ impl Text {
 /// enough that the pool stays a few MiB.
 pub(super) const BLOCK_BYTES: usize = 1 << 20;
 
+/// How far before a block its pages are dropped too ([`drop_pages`]).
+const DROP_BEHIND: usize = 256 << 10;
+
 /// Parsing threads: one per CPU (at least 1, at most 8); the reader and the replay run
 /// beside them.
 fn parsers() -> usize {
@@ -124,11 +127,18 @@ pub(super) fn run<R: Read + Send>(input: Input<'_, R>, parser: Parser, mut repla
 /// without this it would grow to the file's size. A page shared with the next block is only
 /// faulted in again from the page cache. Done by the reading thread when the block comes back
 /// to the pool, off the replay's path.
+///
+/// The kernel maps the pages around a faulting one too (`fault_around_bytes`, 64 KiB by
+/// default, aligned): the first faults of the next block map pages back at the end of this
+/// one, after it was dropped. So the range dropped reaches [`DROP_BEHIND`] before the block:
+/// what the block's own first faults mapped back into the one before.
 fn drop_pages(map: &Mmap, range: &Range<usize>) {
+    let range = range.start.saturating_sub(DROP_BEHIND)..range.end;
     // SAFETY: the mapping is of a file, read-only and shared: MADV_DONTNEED only drops this
     // process's page-table entries, and a later read faults the same file bytes back in
-    // (unlike a private anonymous mapping, nothing is zeroed). No reference into this range is
-    // held any more: its block is parsed and replayed.
+    // (unlike a private anonymous mapping, nothing is zeroed), so a slice of the range, if
+    // one were still read, would read the same bytes. None is: the block and the one before
+    // are parsed and replayed.
     let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, range.len()) };
 }
 
