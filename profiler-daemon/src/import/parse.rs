@@ -57,14 +57,17 @@ pub(super) struct Parser {
     /// file order, so a thread first seen here in an earlier block is named there.
     seen: HashSet<u32, foldhash::fast::RandomState>,
     /// Reason names seen, decoded once: `(isa, code)`; the first [`FEW_REASONS`] in a list.
-    few_reasons: Vec<(Box<[u8]>, Option<(u8, u32)>)>,
-    reasons: HashMap<Box<[u8]>, Option<(u8, u32)>, foldhash::fast::RandomState>,
+    few_reasons: Vec<(Box<[u8]>, Reason)>,
+    reasons: HashMap<Box<[u8]>, Reason, foldhash::fast::RandomState>,
     /// The last few threads named (vCPU threads take turns line by line): checked before
     /// `seen`.
     recent: [Option<u32>; RECENT_THREADS],
     /// The text before the timestamp of the last lines that had new ones, and its task.
     tasks: Vec<(Box<[u8]>, Option<line::Task>)>,
 }
+
+/// A reason name decoded: `(isa, code)`, or None for a name no table has.
+type Reason = Option<(u8, u32)>;
 
 const FEW_REASONS: usize = 8;
 const TASKS_KEPT: usize = 8;

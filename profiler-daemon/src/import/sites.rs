@@ -165,7 +165,7 @@ mod tests {
             rng ^= rng << 17;
             let key = ExitKey { rip: 0xffff_ffff_8100_0000 + (rng % 3000) * 0x40, tid: (rng >> 20) as u32 % 3, ..ExitKey::default() };
             // Narrow for most sites, wide (more buckets than slots) for a few.
-            let ns = if key.rip % 7 == 0 { rng >> 40 } else { 2_000 + (i % 7) * 1_000 };
+            let ns = if key.rip.is_multiple_of(7) { rng >> 40 } else { 2_000 + (i % 7) * 1_000 };
             let site = sites.charge(&key, ns) as usize;
             if site == want.len() {
                 want.push((key, ExitStats::default()));
