@@ -134,9 +134,46 @@ pub fn parse_tail(line: &[u8]) -> Option<Tail<'_>> {
     let args = trim(args);
     // Timestamp: the last word before the marker, "1234.567890".
     let head = trim_end(&line[..at]);
-    let sp = head.iter().rposition(|c| c.is_ascii_whitespace())?;
-    let ts_ns = parse_timestamp(&head[sp + 1..])?;
+    let (sp, ts_ns) = match regular_timestamp(head) {
+        Some(t) => t,
+        None => {
+            let sp = head.iter().rposition(|c| c.is_ascii_whitespace())?;
+            (sp, parse_timestamp(&head[sp + 1..])?)
+        }
+    };
     Some(Tail { task_end: sp, ts_ns, name, args })
+}
+
+/// The timestamp at the end of `head` in the form every tracer prints, whitespace then
+/// "SECS.FRAC" (1-19 and 1-9 digits), read in one backward pass: where the whitespace is and
+/// the time. None for any other form (or an overflow), which the general search decides.
+fn regular_timestamp(head: &[u8]) -> Option<(usize, u64)> {
+    let mut i = head.len();
+    let (mut frac, mut scale) = (0u64, 1u64);
+    while i > 0 && head[i - 1].is_ascii_digit() && scale < 1_000_000_000 {
+        frac += (head[i - 1] - b'0') as u64 * scale;
+        scale *= 10;
+        i -= 1;
+    }
+    let frac_len = head.len() - i;
+    if frac_len == 0 || i == 0 || head[i - 1] != b'.' {
+        return None;
+    }
+    let dot = i - 1;
+    i = dot;
+    let (mut secs, mut unit) = (0u64, 1u64);
+    while i > 0 && head[i - 1].is_ascii_digit() {
+        if dot - i == 19 {
+            return None;
+        }
+        secs += (head[i - 1] - b'0') as u64 * unit;
+        unit = unit.wrapping_mul(10);
+        i -= 1;
+    }
+    if i == dot || i == 0 || !head[i - 1].is_ascii_whitespace() {
+        return None;
+    }
+    Some((i - 1, secs.checked_mul(1_000_000_000)?.checked_add(frac * NS_PER_DIGIT[frac_len])?))
 }
 
 /// The task from the text before the timestamp ("comm-tid (tgid) [cpu] flags" or
@@ -242,6 +279,14 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().unwrap_or_default());
     // Whole words, then the last 8 bytes (overlapping the last word when n is not a multiple).
     (0..n / 8).all(|k| word(a, 8 * k) == word(b, 8 * k)) && word(a, n - 8) == word(b, n - 8)
+}
+
+/// The first word of `s` (words are separated by spaces and commas), if any.
+#[inline]
+pub fn first_word(s: &[u8]) -> Option<&[u8]> {
+    let sep = |c: &u8| *c == b' ' || *c == b',';
+    let s = &s[s.iter().position(|c| !sep(c))?..];
+    Some(&s[..s.iter().position(sep).unwrap_or(s.len())])
 }
 
 /// The value after `key ` in `args`, up to the next space (or `,`).

@@ -194,7 +194,7 @@ impl Parser {
             EventName::Entry if hw => Ev::Entry,
             EventName::Pio => {
                 let kind = if a.starts_with(b"pio_write") { detail::PORT_OUT } else { detail::PORT_IN };
-                let Some(port) = line::arg(a, b"at").and_then(line::hex) else { return Line::Malformed };
+                let Some(port) = pio_port(a).and_then(line::hex) else { return Line::Malformed };
                 Ev::Access { kind, addr: port }
             }
             EventName::Mmio => {
@@ -279,6 +279,15 @@ fn decode_reason(name: &[u8]) -> Option<(u8, u32)> {
     Some((isa::SVM, code))
 }
 
+/// `kvm_pio`'s port, `line::arg(a, b"at")`: right after "pio_write at " or "pio_read at ",
+/// as every kernel prints it (the word before "at" is then not "at"), else by the word search.
+fn pio_port(a: &[u8]) -> Option<&[u8]> {
+    match a.strip_prefix(b"pio_write at ").or_else(|| a.strip_prefix(b"pio_read at ")) {
+        Some(rest) => line::first_word(rest),
+        None => line::arg(a, b"at"),
+    }
+}
+
 /// `kvm_exit` arguments: "vcpu 0 reason IO_INSTRUCTION rip 0x... info1 ...".
 fn parse_exit(args: &[u8], mut reason: impl FnMut(&[u8]) -> Option<(u8, u32)>) -> Option<(u32, u8, u32, u64)> {
     // "vcpu N " leads on every kernel; anything else takes the general word search.
@@ -301,12 +310,8 @@ fn parse_exit(args: &[u8], mut reason: impl FnMut(&[u8]) -> Option<(u8, u32)>) -
         rip_at += 1;
     }
     let name = line::trim(&args[r_at..rip_at]);
-    // The word after "rip" (`line::arg` on " rip VALUE ..."): separators skipped, then up to
-    // the next one.
-    let sep = |c: &u8| *c == b' ' || *c == b',';
-    let value = &args[rip_at + b" rip ".len()..];
-    let value = &value[value.iter().position(|c| !sep(c))?..];
-    let rip = line::hex(&value[..value.iter().position(sep).unwrap_or(value.len())])?;
+    // The word after "rip" (`line::arg` on " rip VALUE ...").
+    let rip = line::hex(line::first_word(&args[rip_at + b" rip ".len()..])?)?;
     let (isa, code) = reason(name)?;
     Some((vcpu, isa, code, rip))
 }
@@ -378,6 +383,32 @@ mod tests {
             }
         }
         assert!(decoded > 10_000, "{decoded}");
+    }
+
+    #[test]
+    fn pio_ports_agree_with_the_word_search_on_mutated_lines() {
+        let seeds: [&[u8]; 3] = [b"pio_write at 0x1f0 size 1 count 1 val 0x0", b"pio_read at 0x71 size 1 count 1 val 0x10", b"pio_write at,0x80"];
+        let alphabet = b" ,0x1fatpio_readwrite";
+        let mut rng = 0x0bad_5eed_1234_5678u64;
+        for seed in seeds {
+            for round in 0..20_000 {
+                let mut l = seed.to_vec();
+                for _ in 0..round % 4 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let at = rng as usize % (l.len() + 1);
+                    let c = alphabet[(rng >> 20) as usize % alphabet.len()];
+                    match (rng >> 40) % 3 {
+                        0 if at < l.len() => l[at] = c,
+                        1 => l.insert(at, c),
+                        _ if at < l.len() => drop(l.remove(at)),
+                        _ => {}
+                    }
+                }
+                assert_eq!(pio_port(&l), line::arg(&l, b"at"), "{}", String::from_utf8_lossy(&l));
+            }
+        }
     }
 
     #[test]
