@@ -22,7 +22,7 @@ pub enum TextFormatArg {
 kvmprof import perf-script kvm.txt -o kvm.kvmprof\n  \
 kvmprof import ftrace /sys/kernel/tracing/trace -o kvm.kvmprof\n\n\
 The input is read in one pass, in bounded memory, whatever its size (a file is first scanned \
-for kvm_exit, stopping at the first). Every exit is also written, in trace order, to \
+for kvm_exit, stopping at the first, then mapped and parsed in place on every CPU). Every exit is also written, in trace order, to \
 FILE.records beside the output (for `report --format perfetto`). Lines that are not \
 understood are counted, and the first 10 are named by line number.")]
 pub struct ImportArgs {
