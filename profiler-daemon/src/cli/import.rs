@@ -1,7 +1,7 @@
 //! `kvmprof import`.
 use std::path::PathBuf;
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Seek, SeekFrom};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -22,7 +22,7 @@ pub enum TextFormatArg {
 kvmprof import perf-script kvm.txt -o kvm.kvmprof\n  \
 kvmprof import ftrace /sys/kernel/tracing/trace -o kvm.kvmprof\n\n\
 The input is read in one pass, in bounded memory, whatever its size (a file is first scanned \
-for kvm_exit, stopping at the first). Every exit is also written, in trace order, to \
+for kvm_exit, stopping at the first, then mapped and parsed in place on every CPU). Every exit is also written, in trace order, to \
 FILE.records beside the output (for `report --format perfetto`). Lines that are not \
 understood are counted, and the first 10 are named by line number.")]
 pub struct ImportArgs {
@@ -44,15 +44,15 @@ pub fn run(a: ImportArgs) -> Result<i32> {
         TextFormatArg::Ftrace => TextFormat::Ftrace,
     };
     let mut opts = ImportOptions { max_gap_ns: a.max_gap, hw: None };
-    let reader: Box<dyn BufRead + Send> = if a.file.as_os_str() == "-" {
-        Box::new(BufReader::with_capacity(READ_BUFFER, std::io::stdin()))
+    let input = if a.file.as_os_str() == "-" {
+        None
     } else {
         let cannot = || format!("cannot read {}", a.file.display());
         let mut f = std::fs::File::open(&a.file).with_context(cannot)?;
         // A file is scanned for kvm_exit first (stopping at the first one), then replayed.
         opts.hw = Some(import::trace_is_hw(&mut f).with_context(cannot)?);
         f.seek(SeekFrom::Start(0)).with_context(cannot)?;
-        Box::new(BufReader::with_capacity(READ_BUFFER, f))
+        Some(f)
     };
     // Every exit, in trace order, streams to the record stream beside the output.
     let stream_path = record_stream::path_for(&a.output);
@@ -60,7 +60,11 @@ pub fn run(a: ImportArgs) -> Result<i32> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut writer = StreamWriter::create(&tmp)?;
-    let imported = import::import_with(reader, format, opts, Some(&mut writer));
+    let imported = match &input {
+        // A file is mapped and parsed in place where it can be.
+        Some(f) => import::import_file(f, format, opts, Some(&mut writer)),
+        None => import::import_with(BufReader::with_capacity(READ_BUFFER, std::io::stdin()), format, opts, Some(&mut writer)),
+    };
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {

@@ -23,9 +23,11 @@ pub mod line;
 mod parse;
 mod pipeline;
 mod replay;
+mod sites;
 
 pub use line::Event;
 use parse::Parser;
+use pipeline::Input;
 use replay::Machine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,14 +158,37 @@ pub fn import_with(mut reader: impl BufRead + Send, format: TextFormat, opts: Im
     // kvm_fpu also fire but do not delimit exits: decide first, then replay with the same event
     // set the live programs attach.
     match opts.hw {
-        Some(hw) => Replay::new(hw, false, opts.max_gap_ns, records).run(reader, format),
+        Some(hw) => Replay::new(hw, false, opts.max_gap_ns, records).run(Input::Stream(reader), format),
         None => {
             let (hw, head, complete) = look_ahead(&mut reader)?;
             let strict = !hw && !complete;
             let replay = Replay::new(hw, strict, opts.max_gap_ns, records);
-            replay.run(std::io::Cursor::new(head).chain(reader), format)
+            replay.run(Input::Stream(std::io::Cursor::new(head).chain(reader)), format)
         }
     }
+}
+
+/// [`import_with`] on a file: mapped and parsed in place where it can be (a regular file),
+/// read otherwise (a pipe, a tracefs file). The mapping is dropped block by block behind the
+/// replay, so the resident set does not grow with the file.
+pub fn import_file(file: &std::fs::File, format: TextFormat, opts: ImportOptions, records: Option<&mut StreamWriter>) -> Result<Imported> {
+    let map = match file.metadata() {
+        // SAFETY: the trace is only read. Mapping a file is unsound only if someone changes it
+        // meanwhile: truncated, reading past its new end raises SIGBUS (as for any program
+        // mapping its input); rewritten, the text read changes under the parser, which reads
+        // each byte through the slice and checks every field, so it can only misparse.
+        Ok(m) if m.is_file() && m.len() > 0 => unsafe { memmap2::Mmap::map(file) }.ok(),
+        _ => None,
+    };
+    let Some(map) = map else {
+        return import_with(std::io::BufReader::with_capacity(64 << 10, file), format, opts, records);
+    };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let hw = match opts.hw {
+        Some(hw) => hw,
+        None => trace_is_hw(&map[..]).context("reading the trace text")?,
+    };
+    Replay::new(hw, false, opts.max_gap_ns, records).run(Input::<&[u8]>::Mapped(&map), format)
 }
 
 /// One import: the parser every parsing thread starts from, and the state machine.
@@ -180,14 +205,14 @@ impl<'s> Replay<'s> {
         Replay { parser: Parser::new(hw, strict), machine: Machine::new(hw, agg, records) }
     }
 
-    fn run(self, reader: impl Read + Send, format: TextFormat) -> Result<Imported> {
+    fn run<R: Read + Send>(self, input: Input<'_, R>, format: TextFormat) -> Result<Imported> {
         let Replay { parser, mut machine } = self;
         let hw = parser.hw;
         let (mut lines, mut events, mut skipped) = (0u64, 0u64, 0u64);
         let mut skipped_lines = Vec::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
         let mut infos = BTreeMap::new();
-        pipeline::run(reader, parser, |block| {
+        pipeline::run(input, parser, |block| {
             if let Some(at) = block.late_hw {
                 bail!(
                     "kvm_exit first appears at line {}, past the first {} MiB of standard input that chose the emulated source: import the file by its path instead of -",

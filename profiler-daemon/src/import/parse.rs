@@ -56,9 +56,22 @@ pub(super) struct Parser {
     /// Threads already named in an earlier block of this parser. A parser takes blocks in
     /// file order, so a thread first seen here in an earlier block is named there.
     seen: HashSet<u32, foldhash::fast::RandomState>,
-    /// Reason names seen, decoded once: `(isa, code)`.
-    reasons: HashMap<Box<[u8]>, Option<(u8, u32)>, foldhash::fast::RandomState>,
+    /// Reason names seen, decoded once: `(isa, code)`; the first [`FEW_REASONS`] in a list.
+    few_reasons: Vec<(Box<[u8]>, Reason)>,
+    reasons: HashMap<Box<[u8]>, Reason, foldhash::fast::RandomState>,
+    /// The last few threads named (vCPU threads take turns line by line): checked before
+    /// `seen`.
+    recent: [Option<u32>; RECENT_THREADS],
+    /// The text before the timestamp of the last lines that had new ones, and its task.
+    tasks: Vec<(Box<[u8]>, Option<line::Task>)>,
 }
+
+/// A reason name decoded: `(isa, code)`, or None for a name no table has.
+type Reason = Option<(u8, u32)>;
+
+const FEW_REASONS: usize = 8;
+const TASKS_KEPT: usize = 8;
+const RECENT_THREADS: usize = 4;
 
 /// What one line was.
 enum Line {
@@ -73,11 +86,10 @@ enum Line {
 }
 
 static REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"reason "));
-static RIP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b" rip "));
 
 impl Parser {
     pub fn new(hw: bool, strict: bool) -> Parser {
-        Parser { hw, strict, seen: HashSet::default(), reasons: HashMap::default() }
+        Parser { hw, strict, seen: HashSet::default(), few_reasons: Vec::new(), reasons: HashMap::default(), recent: [None; RECENT_THREADS], tasks: Vec::new() }
     }
 
     /// Parses a block of whole lines (each ended by a newline, the last one perhaps not).
@@ -119,48 +131,78 @@ impl Parser {
         out
     }
 
+    /// [`line::parse_task`], remembered for the last few texts seen: a thread's lines all
+    /// start with the same bytes up to the timestamp.
+    fn task(&mut self, head: &[u8]) -> Option<line::Task> {
+        if let Some((_, task)) = self.tasks.iter().find(|(h, _)| line::same(h, head)) {
+            return task.clone();
+        }
+        let task = line::parse_task(head);
+        if self.tasks.len() == TASKS_KEPT {
+            self.tasks.pop();
+        }
+        self.tasks.insert(0, (head.into(), task.clone()));
+        task
+    }
+
     fn reason(&mut self, name: &[u8]) -> Option<(u8, u32)> {
+        // A trace has a handful of reasons: the first few are compared in a row (cheaper than
+        // hashing the name), the rest found by hash.
+        if let Some((_, r)) = self.few_reasons.iter().find(|(n, _)| line::same(n, name)) {
+            return *r;
+        }
         if let Some(r) = self.reasons.get(name) {
             return *r;
         }
         let decoded = decode_reason(name);
-        self.reasons.insert(name.into(), decoded);
+        if self.few_reasons.len() < FEW_REASONS {
+            self.few_reasons.push((name.into(), decoded));
+        } else {
+            self.reasons.insert(name.into(), decoded);
+        }
         decoded
     }
 
     fn line(&mut self, text: &[u8], last_tid: &mut Option<u32>, new_threads: &mut Vec<(u32, ThreadInfo)>) -> Line {
-        let Some(ev) = line::parse(text) else { return Line::Malformed };
+        let Some(tail) = line::parse_tail(text) else { return Line::Malformed };
+        let Some(task) = self.task(&text[..tail.task_end]) else { return Line::Malformed };
+        let ev = tail.event(text, task);
         let t = Thread { tgid: ev.tgid.unwrap_or(ev.tid), tid: ev.tid };
         if *last_tid != Some(t.tid) {
             *last_tid = Some(t.tid);
-            if self.seen.insert(t.tid) {
-                new_threads.push((t.tid, ThreadInfo::from_comm(t.tgid, ev.comm)));
+            if !self.recent.contains(&Some(t.tid)) {
+                self.recent.rotate_right(1);
+                self.recent[0] = Some(t.tid);
+                if self.seen.insert(t.tid) {
+                    new_threads.push((t.tid, ThreadInfo::from_comm(t.tgid, ev.comm)));
+                }
             }
         }
         let now = ev.ts_ns;
         let hw = self.hw;
         let a = ev.args;
-        if hw && matches!(ev.name, b"kvm_emulate_insn" | b"kvm_userspace_exit" | b"kvm_fpu") {
+        let name = EventName::of(ev.name);
+        if hw && matches!(name, EventName::EmulateInsn | EventName::UserspaceExit | EventName::Fpu) {
             return Line::Ignored(now);
         }
-        let parsed = match ev.name {
-            b"kvm_exit" if self.strict => return Line::LateHw,
-            b"kvm_exit" => {
+        let parsed = match name {
+            EventName::Exit if self.strict => return Line::LateHw,
+            EventName::Exit => {
                 let Some((vcpu, isa, reason, rip)) = parse_exit(a, |n| self.reason(n)) else { return Line::Malformed };
                 Ev::Exit { vcpu, isa, reason, rip }
             }
-            b"kvm_entry" if hw => Ev::Entry,
-            b"kvm_pio" => {
+            EventName::Entry if hw => Ev::Entry,
+            EventName::Pio => {
                 let kind = if a.starts_with(b"pio_write") { detail::PORT_OUT } else { detail::PORT_IN };
-                let Some(port) = line::arg(a, b"at").and_then(line::hex) else { return Line::Malformed };
+                let Some(port) = pio_port(a).and_then(line::hex) else { return Line::Malformed };
                 Ev::Access { kind, addr: port }
             }
-            b"kvm_mmio" => {
+            EventName::Mmio => {
                 let kind = if a.starts_with(b"mmio write") { detail::MMIO_WRITE } else { detail::MMIO_READ };
                 let Some(gpa) = line::arg(a, b"gpa").and_then(line::hex) else { return Line::Malformed };
                 Ev::Access { kind, addr: gpa }
             }
-            b"kvm_emulate_insn" => {
+            EventName::EmulateInsn => {
                 // "0:1000f:ee (prot64)": csbase:rip:bytes; a trailing "failed" repeats an instruction.
                 let mut parts = a.split(|c| *c == b':');
                 match (parts.next().and_then(line::hex), parts.next().and_then(line::hex)) {
@@ -169,7 +211,7 @@ impl Parser {
                     _ => return Line::Malformed,
                 }
             }
-            b"kvm_userspace_exit" => {
+            EventName::UserspaceExit => {
                 // "reason KVM_EXIT_IO (2)"; a failed KVM_RUN prints "reason restart (4)" for
                 // -EINTR and "reason error (N)" for -N, with no reason of its own.
                 let code = memchr::memrchr(b'(', a).and_then(|i| line::dec_u32(a[i + 1..].strip_suffix(b")").unwrap_or(&a[i + 1..])));
@@ -180,14 +222,46 @@ impl Parser {
                     None => return Line::Malformed,
                 }
             }
-            b"kvm_fpu" if a.starts_with(b"load") => Ev::RunEntry,
-            b"kvm_fpu" => Ev::Nothing,
+            EventName::Fpu if a.starts_with(b"load") => Ev::RunEntry,
+            EventName::Fpu => Ev::Nothing,
             _ => return Line::Ignored(now),
         };
         Line::Event(Parsed { t, ts: now, ev: parsed })
     }
 }
 
+
+/// The events the importer knows, by name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum EventName {
+    Exit,
+    Entry,
+    Pio,
+    Mmio,
+    EmulateInsn,
+    UserspaceExit,
+    Fpu,
+    Other,
+}
+
+impl EventName {
+    /// By length first, then as fixed-size arrays (compared as words, not by `memcmp`).
+    fn of(name: &[u8]) -> EventName {
+        fn is<const N: usize>(name: &[u8], want: &[u8; N]) -> bool {
+            <&[u8; N]>::try_from(name).is_ok_and(|n| n == want)
+        }
+        match name.len() {
+            7 if is(name, b"kvm_pio") => EventName::Pio,
+            7 if is(name, b"kvm_fpu") => EventName::Fpu,
+            8 if is(name, b"kvm_exit") => EventName::Exit,
+            8 if is(name, b"kvm_mmio") => EventName::Mmio,
+            9 if is(name, b"kvm_entry") => EventName::Entry,
+            16 if is(name, b"kvm_emulate_insn") => EventName::EmulateInsn,
+            18 if is(name, b"kvm_userspace_exit") => EventName::UserspaceExit,
+            _ => EventName::Other,
+        }
+    }
+}
 
 /// A reason name as `kvm_exit` prints it: VMX names are upper case, SVM lower case, and the
 /// sets are disjoint, so the name decides the ISA.
@@ -205,15 +279,39 @@ fn decode_reason(name: &[u8]) -> Option<(u8, u32)> {
     Some((isa::SVM, code))
 }
 
+/// `kvm_pio`'s port, `line::arg(a, b"at")`: right after "pio_write at " or "pio_read at ",
+/// as every kernel prints it (the word before "at" is then not "at"), else by the word search.
+fn pio_port(a: &[u8]) -> Option<&[u8]> {
+    match a.strip_prefix(b"pio_write at ").or_else(|| a.strip_prefix(b"pio_read at ")) {
+        Some(rest) => line::first_word(rest),
+        None => line::arg(a, b"at"),
+    }
+}
+
 /// `kvm_exit` arguments: "vcpu 0 reason IO_INSTRUCTION rip 0x... info1 ...".
 fn parse_exit(args: &[u8], mut reason: impl FnMut(&[u8]) -> Option<(u8, u32)>) -> Option<(u32, u8, u32, u64)> {
     // "vcpu N " leads on every kernel; anything else takes the general word search.
     let lead = args.strip_prefix(b"vcpu ").and_then(|r| r.iter().position(|c| *c == b' ').map(|i| &r[..i]));
     let vcpu = lead.or_else(|| line::arg(args, b"vcpu")).and_then(line::dec_u32).unwrap_or(NO_VCPU);
-    let r_at = REASON.find(args)? + b"reason ".len();
-    let rip_at = RIP.find(&args[r_at..])? + r_at;
+    // The first "reason ": right after an all-digit vcpu word when the line is regular (no
+    // "reason " can start inside "vcpu N "), else found by search.
+    let regular = lead.filter(|w| !w.is_empty() && w.iter().all(u8::is_ascii_digit)).map(|w| b"vcpu ".len() + w.len() + 1);
+    let r_at = match regular {
+        Some(at) if args[at..].starts_with(b"reason ") => at,
+        _ => REASON.find(args)?,
+    } + b"reason ".len();
+    // The first " rip " after it: it starts at one of the spaces, tried in order.
+    let mut rip_at = r_at;
+    loop {
+        rip_at += line::find(&args[rip_at..], b' ')?;
+        if args[rip_at..].starts_with(b" rip ") {
+            break;
+        }
+        rip_at += 1;
+    }
     let name = line::trim(&args[r_at..rip_at]);
-    let rip = line::hex(line::arg(&args[rip_at..], b"rip")?)?;
+    // The word after "rip" (`line::arg` on " rip VALUE ...").
+    let rip = line::hex(line::first_word(&args[rip_at + b" rip ".len()..])?)?;
     let (isa, code) = reason(name)?;
     Some((vcpu, isa, code, rip))
 }
@@ -234,6 +332,83 @@ mod tests {
         assert_eq!(exit("vcpu 0 reason DE excp rip 0x10 info1 0x0"), Some((0, isa::SVM, 0x40, 0x10)));
         assert_eq!(exit("vcpu 0 reason INVALID_STATE FAILED_VMENTRY rip 0x10 info1 0"), Some((0, isa::VMX, 33 | 0x8000_0000, 0x10)));
         assert_eq!(exit("vcpu 0 reason NOT_A_REASON rip 0x10"), None);
+    }
+
+    /// `parse_exit` before the search for "reason " and " rip " took the regular layout's
+    /// shortcut.
+    fn reference_exit(args: &[u8]) -> Option<(u32, u8, u32, u64)> {
+        let lead = args.strip_prefix(b"vcpu ").and_then(|r| r.iter().position(|c| *c == b' ').map(|i| &r[..i]));
+        let vcpu = lead.or_else(|| line::arg(args, b"vcpu")).and_then(line::dec_u32).unwrap_or(NO_VCPU);
+        let r_at = REASON.find(args)? + b"reason ".len();
+        let rip_at = memchr::memmem::find(&args[r_at..], b" rip ")? + r_at;
+        let name = line::trim(&args[r_at..rip_at]);
+        let rip = line::hex(line::arg(&args[rip_at..], b"rip")?)?;
+        let (isa, code) = decode_reason(name)?;
+        Some((vcpu, isa, code, rip))
+    }
+
+    #[test]
+    fn exit_arguments_agree_with_the_reference_on_mutated_lines() {
+        let seeds: [&[u8]; 4] = [
+            b"vcpu 3 reason IO_INSTRUCTION rip 0xffffffff81000010 info1 0x0 info2 0x0",
+            b"vcpu 0 reason INVALID_STATE FAILED_VMENTRY rip 0x10 info1 0",
+            b"vcpu 0 reason DE excp rip 0x10 info1 0x0",
+            b"reason HLT vcpu 1 rip 0x5",
+        ];
+        let alphabet = b" ,0123456789reasonrip vcpu0x";
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut decoded = 0;
+        for seed in seeds {
+            for round in 0..20_000 {
+                let mut l = seed.to_vec();
+                for _ in 0..round % 4 {
+                    let at = next() as usize % (l.len() + 1);
+                    let c = alphabet[next() as usize % alphabet.len()];
+                    match next() % 3 {
+                        0 if at < l.len() => l[at] = c,
+                        1 => l.insert(at, c),
+                        _ if at < l.len() => drop(l.remove(at)),
+                        _ => {}
+                    }
+                }
+                let want = reference_exit(&l);
+                assert_eq!(parse_exit(&l, decode_reason), want, "{}", String::from_utf8_lossy(&l));
+                decoded += usize::from(want.is_some());
+            }
+        }
+        assert!(decoded > 10_000, "{decoded}");
+    }
+
+    #[test]
+    fn pio_ports_agree_with_the_word_search_on_mutated_lines() {
+        let seeds: [&[u8]; 3] = [b"pio_write at 0x1f0 size 1 count 1 val 0x0", b"pio_read at 0x71 size 1 count 1 val 0x10", b"pio_write at,0x80"];
+        let alphabet = b" ,0x1fatpio_readwrite";
+        let mut rng = 0x0bad_5eed_1234_5678u64;
+        for seed in seeds {
+            for round in 0..20_000 {
+                let mut l = seed.to_vec();
+                for _ in 0..round % 4 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let at = rng as usize % (l.len() + 1);
+                    let c = alphabet[(rng >> 20) as usize % alphabet.len()];
+                    match (rng >> 40) % 3 {
+                        0 if at < l.len() => l[at] = c,
+                        1 => l.insert(at, c),
+                        _ if at < l.len() => drop(l.remove(at)),
+                        _ => {}
+                    }
+                }
+                assert_eq!(pio_port(&l), line::arg(&l, b"at"), "{}", String::from_utf8_lossy(&l));
+            }
+        }
     }
 
     #[test]

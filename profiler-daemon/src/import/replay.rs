@@ -2,10 +2,11 @@
 //! same per-thread state machine the eBPF programs run.
 use std::collections::HashMap;
 
-use profiler_common::{ExitKey, ExitRecord, ExitStats, Thread};
+use profiler_common::{ExitRecord, Thread, ThreadState};
 
 use super::parse::{Ev, Parsed};
-use crate::model::aggregate::{Aggregate, Threads};
+use super::sites::Sites;
+use crate::model::aggregate::Aggregate;
 use crate::model::record_stream::StreamWriter;
 
 /// The per-thread state machines, the aggregate and the record stream.
@@ -14,33 +15,56 @@ pub(super) struct Machine<'s> {
     threads: Threads,
     pub agg: Aggregate,
     /// Exit sites numbered in order of appearance (the record stream's site numbers), and
-    /// their exits charged while reading (merged into `agg` at the end): one lookup per exit
-    /// in a hash map with a fast hasher, not two in ordered maps.
-    sites: HashMap<ExitKey, u32, foldhash::fast::RandomState>,
-    stats: Vec<ExitStats>,
+    /// their exits charged while reading (merged into `agg` at the end).
+    sites: Sites,
     pub records: Option<&'s mut StreamWriter>,
+}
+
+/// The state machines by thread: in a vector, found through a small direct-mapped cache in
+/// front of the hash map (a trace has a few vCPU threads taking turns).
+#[derive(Default)]
+struct Threads {
+    states: Vec<ThreadState>,
+    index: HashMap<u32, u32, foldhash::fast::RandomState>,
+    /// `(tid, index)` by `tid % CACHED_THREADS`; index `u32::MAX`: empty.
+    cache: Vec<(u32, u32)>,
+}
+
+const CACHED_THREADS: usize = 64;
+
+impl Threads {
+    fn new() -> Threads {
+        Threads { cache: vec![(0, u32::MAX); CACHED_THREADS], ..Threads::default() }
+    }
+
+    #[inline]
+    fn index(&mut self, tid: u32) -> usize {
+        let slot = tid as usize % CACHED_THREADS;
+        let (cached, i) = self.cache[slot];
+        if cached == tid && i != u32::MAX {
+            return i as usize;
+        }
+        let next = self.states.len() as u32;
+        let i = *self.index.entry(tid).or_insert(next);
+        if i == next {
+            self.states.push(ThreadState::default());
+        }
+        self.cache[slot] = (tid, i);
+        i as usize
+    }
 }
 
 impl<'s> Machine<'s> {
     pub fn new(hw: bool, agg: Aggregate, records: Option<&'s mut StreamWriter>) -> Machine<'s> {
-        Machine { hw, threads: Threads::default(), agg, sites: HashMap::default(), stats: Vec::new(), records }
-    }
-
-    /// The exit's site number, numbering a new site.
-    fn site(&mut self, key: &ExitKey) -> u32 {
-        let next = self.stats.len() as u32;
-        let site = *self.sites.entry(*key).or_insert(next);
-        if site == next {
-            self.stats.push(ExitStats::default());
-        }
-        site
+        Machine { hw, threads: Threads::new(), agg, sites: Sites::default(), records }
     }
 
     /// Replays one event through its thread's state machine, exactly as the eBPF programs
     /// would; a finished exit is charged and streamed.
     pub fn apply(&mut self, p: &Parsed) {
         let (t, now) = (p.t, p.ts);
-        let s = self.threads.get(t);
+        let thread = self.threads.index(t.tid);
+        let s = &mut self.threads.states[thread];
         let done = match p.ev {
             Ev::Exit { vcpu, isa, reason, rip } => s.on_hw_exit(now, t, vcpu, isa, reason, rip),
             Ev::Entry => s.on_hw_entry(now),
@@ -54,12 +78,11 @@ impl<'s> Machine<'s> {
             Ev::Nothing => None,
         };
         if let Some(rec) = done {
-            let site = self.site(&rec.key);
-            self.stats[site as usize].add(rec.duration_ns);
+            let site = self.sites.charge(&rec.key, rec.duration_ns);
             if let Some(w) = &mut self.records {
                 w.push_site(site, &rec);
             }
-            self.agg.detect_runs(self.threads.get(t), &rec);
+            self.agg.detect_runs(&mut self.threads.states[thread], &rec);
         }
     }
 
@@ -67,14 +90,14 @@ impl<'s> Machine<'s> {
     /// charges them (and streamed after the others).
     pub fn finish(&mut self) -> Aggregate {
         let mut agg = std::mem::take(&mut self.agg);
-        for (key, site) in &self.sites {
-            agg.merge(*key, &self.stats[*site as usize]);
+        for (key, stats) in self.sites.stats() {
+            agg.merge(key, &stats);
         }
         let mut open = Aggregate::new(true);
         open.max_gap_ns = agg.max_gap_ns;
-        open.finish_threads(self.threads.states.values_mut());
+        open.finish_threads(self.threads.states.iter_mut());
         for rec in open.records.take().unwrap_or_default() {
-            let site = self.site(&rec.key);
+            let site = self.sites.site(&rec.key);
             if let Some(w) = &mut self.records {
                 w.push_site(site, &rec);
             }

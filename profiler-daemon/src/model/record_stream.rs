@@ -105,7 +105,11 @@ pub struct StreamWriter {
     dropped_per_cpu: Vec<u64>,
     /// The first write error; later writes are skipped and [`StreamWriter::finish`] returns it.
     error: Option<std::io::Error>,
+    /// Where the file's next writeback starts ([`StreamWriter::start_writeback`]).
+    writeback_from: u64,
 }
+
+const WRITEBACK_BYTES: u64 = 4 << 20;
 
 impl StreamWriter {
     pub fn create(path: &Path) -> Result<StreamWriter, StreamError> {
@@ -127,6 +131,7 @@ impl StreamWriter {
             records: 0,
             dropped_per_cpu: Vec::new(),
             error: None,
+            writeback_from: 0,
         })
     }
 
@@ -169,6 +174,24 @@ impl StreamWriter {
         let r = self.out.write_all(&head).and_then(|_| self.out.write_all(payload));
         self.offset += (BLOCK_HEADER_LEN + payload.len()) as u64;
         self.error = r.err();
+        self.start_writeback();
+    }
+
+    /// Starts writing out what the kernel holds of the file every [`WRITEBACK_BYTES`], without
+    /// waiting: the sync in [`StreamWriter::finish`] then waits for the last part only, not
+    /// for the whole file (tens of MB for a million exits).
+    fn start_writeback(&mut self) {
+        let written = self.offset - self.out.buffer().len() as u64;
+        if written < self.writeback_from + WRITEBACK_BYTES {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        let fd = self.out.get_ref().as_raw_fd();
+        // SAFETY: a plain syscall on this writer's open file descriptor, with a range of it;
+        // it touches no memory of this process. A failure (or a kernel without it) only
+        // leaves the work to the sync at the end.
+        unsafe { libc::sync_file_range(fd, self.writeback_from as i64, (written - self.writeback_from) as i64, libc::SYNC_FILE_RANGE_WRITE) };
+        self.writeback_from = written;
     }
 
     fn flush_block(&mut self) {
