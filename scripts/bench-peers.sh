@@ -47,7 +47,7 @@ PORT = 0x80
 MODES = os.environ.get("MODES", "none bpftrace perf kvmprof records").split()
 BEFORE = os.environ.get("KVMPROF_BEFORE")  # another kvmprof build, measured in the same rounds
 if BEFORE:
-    MODES.append("before")
+    MODES += ["before", "before-records"]
 LABEL = {
     "none": "no tracer",
     "bpftrace": "bpftrace, count-only on kvm:kvm_pio",
@@ -55,6 +55,7 @@ LABEL = {
     "kvmprof": "kvmprof record (aggregate)",
     "records": "kvmprof record --records",
     "before": f"kvmprof record (aggregate), {BEFORE}",
+    "before-records": f"kvmprof record --records, {BEFORE}",
 }
 
 # Keep run-time stats on for the whole benchmark even if another process writes 0 to
@@ -99,8 +100,8 @@ def run(mode, r):
         tracer = subprocess.Popen(["perf", "record", "-q", "-e", "kvm:kvm_pio,kvm:kvm_userspace_exit", "-p", str(guest.pid),
                                    "-o", f"{tmp}/perf.data"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
-    elif mode in ("kvmprof", "records", "before"):
-        args = [BEFORE if mode == "before" else KVMPROF, "record", "-o", rec, "--pid", str(guest.pid)] + (["--records"] if mode == "records" else [])
+    elif mode in ("kvmprof", "records", "before", "before-records"):
+        args = [BEFORE if mode.startswith("before") else KVMPROF, "record", "-o", rec, "--pid", str(guest.pid)] + (["--records"] if mode.endswith("records") else [])
         tracer = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: len(prog_ids(tracer.pid)) >= 4, "kvmprof's programs")
         time.sleep(1.0)  # attached, counted window open
@@ -129,7 +130,7 @@ def run(mode, r):
         tracer.wait()
     elif tracer is not None:
         tracer.wait()  # ends with the guest
-        rep = json.loads(subprocess.run([BEFORE if mode == "before" else KVMPROF, "report", rec, "--by", "port", "--format", "json", "--top", "100"],
+        rep = json.loads(subprocess.run([BEFORE if mode.startswith("before") else KVMPROF, "report", rec, "--by", "port", "--format", "json", "--top", "100"],
                                         capture_output=True, check=True).stdout)
         counted = sum(row["count"] for row in rep["rows"] if row["port"] == hex(PORT) and row["direction"] == "out")
         if rep["total_exits"] != outs + 2:  # + the pausing `in` and the final `hlt`
@@ -166,10 +167,14 @@ if "bpftrace" in MODES:
     if extra > 0.005:
         print(f"\nNOTE: kvm:kvm_pio fired {extra:.1%} more often than the guest's port writes: other VMs ran during the"
               " benchmark, and the eBPF figures include the programs' (early-return) runs for their events.")
+for rec_mode, agg_mode in (("records", "kvmprof"), ("before-records", "before")):
+    if rec_mode in MODES and agg_mode in MODES:
+        ratio = med(ns_exit(r) / ns_exit(a) for (_, r), (_, a) in zip(results[rec_mode], results[agg_mode]))
+        print(f"\n{LABEL[rec_mode]}: {ratio:.2f} x {LABEL[agg_mode]} (eBPF ns per exit, median of the rounds' ratios)")
 print("\nPer program (median ns per run; runs per exit):\n")
 print("| mode | program | runs per exit | ns per run | ns per exit |")
 print("|---|---|---:|---:|---:|")
-for m in [m for m in ("bpftrace", "kvmprof", "records", "before") if m in MODES]:
+for m in [m for m in ("bpftrace", "kvmprof", "records", "before", "before-records") if m in MODES]:
     names = sorted({p["name"] for _, ps in results[m] for p in ps})
     for n in names:
         per = [[p for p in ps if p["name"] == n] for _, ps in results[m]]
