@@ -15,7 +15,7 @@ use profiler_daemon::model::{recording, Access, Direction, ThreadInfo};
 // of the eBPF's record batch (8), so the last 3 come from the batch the daemon reads at the end.
 const OUTS: u32 = 3004;
 const INS: u32 = 1207;
-const _: () = assert!((OUTS + INS) as usize % profiler_common::RECORD_BATCH_LEN != 0);
+const _: () = assert!(!((OUTS + INS) as usize).is_multiple_of(profiler_common::RECORD_BATCH_LEN));
 
 fn record_exit_loop(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
     let out = dir.join("loop.kvmprof");
