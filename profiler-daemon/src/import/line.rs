@@ -448,27 +448,11 @@ mod tests {
             b"t 9/8 [3] 7.5:: kvm_userspace_exit: reason KVM_EXIT_IO (2)",
         ];
         let alphabet = b" :-()[]/.,0123456789xkvm_\trpa";
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::import::XorShift(0x9e37_79b9_7f4a_7c15u64);
         let (mut parsed, mut total) = (0, 0);
         for seed in seeds {
             for round in 0..20_000 {
-                let mut l = seed.to_vec();
-                for _ in 0..round % 4 {
-                    let at = next() as usize % (l.len() + 1);
-                    let c = alphabet[next() as usize % alphabet.len()];
-                    match next() % 3 {
-                        0 if at < l.len() => l[at] = c,
-                        1 => l.insert(at, c),
-                        _ if at < l.len() => drop(l.remove(at)),
-                        _ => {}
-                    }
-                }
+                let l = rng.mutated(seed, alphabet, round % 4);
                 total += 1;
                 let want = reference::parse(&l);
                 assert_eq!(parse(&l), want, "{}", String::from_utf8_lossy(&l));

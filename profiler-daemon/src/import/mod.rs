@@ -254,6 +254,38 @@ impl<'s> Replay<'s> {
     }
 }
 
+/// The pseudo-random numbers of the import's randomized tests (xorshift64: no dependency, and
+/// a failure reproduces from the seed).
+#[cfg(test)]
+pub(crate) struct XorShift(pub u64);
+
+#[cfg(test)]
+impl XorShift {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `seed` with `edits` random one-byte edits (replace, insert or delete) from `alphabet`:
+    /// the lines the differential tests feed to a parser and to its reference.
+    pub(crate) fn mutated(&mut self, seed: &[u8], alphabet: &[u8], edits: usize) -> Vec<u8> {
+        let mut l = seed.to_vec();
+        for _ in 0..edits {
+            let at = self.next() as usize % (l.len() + 1);
+            let c = alphabet[self.next() as usize % alphabet.len()];
+            match self.next() % 3 {
+                0 if at < l.len() => l[at] = c,
+                1 => l.insert(at, c),
+                _ if at < l.len() => drop(l.remove(at)),
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -356,27 +356,11 @@ mod tests {
             b"reason HLT vcpu 1 rip 0x5",
         ];
         let alphabet = b" ,0123456789reasonrip vcpu0x";
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::import::XorShift(0x2545_f491_4f6c_dd1du64);
         let mut decoded = 0;
         for seed in seeds {
             for round in 0..20_000 {
-                let mut l = seed.to_vec();
-                for _ in 0..round % 4 {
-                    let at = next() as usize % (l.len() + 1);
-                    let c = alphabet[next() as usize % alphabet.len()];
-                    match next() % 3 {
-                        0 if at < l.len() => l[at] = c,
-                        1 => l.insert(at, c),
-                        _ if at < l.len() => drop(l.remove(at)),
-                        _ => {}
-                    }
-                }
+                let l = rng.mutated(seed, alphabet, round % 4);
                 let want = reference_exit(&l);
                 assert_eq!(parse_exit(&l, decode_reason), want, "{}", String::from_utf8_lossy(&l));
                 decoded += usize::from(want.is_some());
@@ -389,23 +373,10 @@ mod tests {
     fn pio_ports_agree_with_the_word_search_on_mutated_lines() {
         let seeds: [&[u8]; 3] = [b"pio_write at 0x1f0 size 1 count 1 val 0x0", b"pio_read at 0x71 size 1 count 1 val 0x10", b"pio_write at,0x80"];
         let alphabet = b" ,0x1fatpio_readwrite";
-        let mut rng = 0x0bad_5eed_1234_5678u64;
+        let mut xs = crate::import::XorShift(0x0bad_5eed_1234_5678u64);
         for seed in seeds {
             for round in 0..20_000 {
-                let mut l = seed.to_vec();
-                for _ in 0..round % 4 {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let at = rng as usize % (l.len() + 1);
-                    let c = alphabet[(rng >> 20) as usize % alphabet.len()];
-                    match (rng >> 40) % 3 {
-                        0 if at < l.len() => l[at] = c,
-                        1 => l.insert(at, c),
-                        _ if at < l.len() => drop(l.remove(at)),
-                        _ => {}
-                    }
-                }
+                let l = xs.mutated(seed, alphabet, round % 4);
                 assert_eq!(pio_port(&l), line::arg(&l, b"at"), "{}", String::from_utf8_lossy(&l));
             }
         }

@@ -158,11 +158,9 @@ mod tests {
     fn charges_as_exit_stats_add() {
         let mut sites = Sites::default();
         let mut want: Vec<(ExitKey, ExitStats)> = Vec::new();
-        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut xs = crate::import::XorShift(0x1234_5678_9abc_def1u64);
         for i in 0..300_000u64 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = xs.next();
             let key = ExitKey { rip: 0xffff_ffff_8100_0000 + (rng % 3000) * 0x40, tid: (rng >> 20) as u32 % 3, ..ExitKey::default() };
             // Narrow for most sites, wide (more buckets than slots) for a few.
             let ns = if key.rip.is_multiple_of(7) { rng >> 40 } else { 2_000 + (i % 7) * 1_000 };
