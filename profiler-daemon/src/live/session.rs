@@ -469,10 +469,7 @@ impl Session {
                 // SAFETY: the programs write whole ExitRecords (plain integers, any bit
                 // pattern valid); read_unaligned tolerates the ring buffer's alignment.
                 let rec = unsafe { std::ptr::read_unaligned(chunk.as_ptr() as *const ExitRecord) };
-                match &mut self.record_sink {
-                    Some(sink) => sink.push(&rec),
-                    None => self.drained.push(rec),
-                }
+                deliver_record(&mut self.record_sink, &mut self.drained, &rec);
             }
         }
     }
@@ -490,10 +487,7 @@ impl Session {
                 continue;
             }
             for rec in batch.filled() {
-                match &mut self.record_sink {
-                    Some(sink) => sink.push(rec),
-                    None => self.drained.push(*rec),
-                }
+                deliver_record(&mut self.record_sink, &mut self.drained, rec);
             }
             batches.set(index, RecordBatch::default(), 0).map_err(|source| LiveError::WriteMap { map: maps::RECORD_BATCHES, source })?;
         }
@@ -715,6 +709,16 @@ impl Session {
             stacks.resolve(&mut profile, count(counter::STACKS_FULL)?)?;
         }
         Ok(profile)
+    }
+}
+
+/// Where a streamed record goes: to the record sink when one is set, else into `drained` for
+/// the next snapshot. (Fields, not `&mut Session`: the caller holds the ring buffer or the
+/// batch map borrowed.)
+fn deliver_record(sink: &mut Option<Box<dyn RecordSink>>, drained: &mut Vec<ExitRecord>, rec: &ExitRecord) {
+    match sink {
+        Some(sink) => sink.push(rec),
+        None => drained.push(*rec),
     }
 }
 
