@@ -42,18 +42,20 @@ python3 - "$tmp" "$rounds" "${bins[@]}" <<'PY'
 import json, os, statistics, sys
 tmp, rounds, bins = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 names = set(os.environ["KVMPROF_PROGS"].split())
-print("| kvmprof | kvm_pio ns/run | kvm_userspace_exit ns/run | kvm_fpu ns/run (2 per exit) | eBPF ns per exit (median of rounds) |")
-print("|---|---:|---:|---:|---:|")
+print("| kvmprof | kvm_pio ns/run | kvm_userspace_exit ns/run | kvm_fpu ns/run (2 per exit) | cpu_switch ns per exit | eBPF ns per exit (median of rounds) |")
+print("|---|---:|---:|---:|---:|---:|")
 for i, b in enumerate(bins):
-    per_exit, per_run = [], {n: [] for n in names}
+    per_exit, per_run, switch = [], {n: [] for n in names}, []
     for r in range(1, rounds + 1):
         ids = {int(l) for l in open(f"{tmp}/ids-{r}-{i}") if l.strip()}
         progs = [p for p in json.load(open(f"{tmp}/round-{r}-bin-{i}.json")) if p.get("name") in names and p.get("run_cnt") and p["id"] in ids]
         exits = sum(p["run_cnt"] for p in progs if p["name"] == "kvm_pio")
         per_exit.append(sum(p["run_time_ns"] for p in progs) / exits)
+        # sched_switch fires for every task on the machine, not per exit: its share per exit.
+        switch.append(sum(p["run_time_ns"] for p in progs if p["name"] == "cpu_switch") / exits)
         for p in progs:
             per_run[p["name"]].append(p["run_time_ns"] / p["run_cnt"])
     med = lambda v: f"{statistics.median(v):.0f}" if v else "-"
-    print(f"| `{b}` | {med(per_run['kvm_pio'])} | {med(per_run['kvm_userspace_e'])} | {med(per_run['kvm_fpu'])} | {med(per_exit)} |")
+    print(f"| `{b}` | {med(per_run['kvm_pio'])} | {med(per_run['kvm_userspace_e'])} | {med(per_run['kvm_fpu'])} | {med(switch) if any(switch) else '-'} | {med(per_exit)} |")
 print(f"\n{rounds} rounds, interleaved; bpf_stats counts include its own two clock reads per run.")
 PY

@@ -133,6 +133,20 @@ pub mod globals {
     pub const STACK_DEPTH: &str = "STACK_DEPTH";
     /// `u32`: entries in the `UNWIND` map (0: no table, frame pointers only).
     pub const UNWIND_LEN: &str = "UNWIND_LEN";
+    /// `u8`: 1 reads kernel memory with plain loads through `bpf_rdonly_cast` (the daemon has
+    /// rewritten the placeholder calls, see [`crate::kfunc`]); 0 with `bpf_probe_read_kernel`.
+    pub const DIRECT_READS: &str = "DIRECT_READS";
+}
+
+/// The kfunc the eBPF programs call, which neither Rust nor aya can name: the programs make a
+/// helper call with a placeholder number, and the daemon rewrites each such instruction in the
+/// object before loading it.
+pub mod kfunc {
+    /// The helper number of the placeholder for `bpf_rdonly_cast(addr, 0)`. No helper has it
+    /// (they number in the hundreds), so an unrewritten one fails verification, loudly.
+    pub const RDONLY_CAST_PLACEHOLDER: i32 = 0x3f7a_c057;
+    /// The kfunc's name in the kernel's BTF.
+    pub const RDONLY_CAST: &str = "bpf_rdonly_cast";
 }
 
 /// Offsets of the tracepoint fields the eBPF programs read, taken at load time from the

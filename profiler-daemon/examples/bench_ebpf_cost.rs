@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use profiler_daemon::live::{self, detect_source, Session, SessionConfig, Target};
 
 /// kvmprof's program names as bpftool shows them (the kernel keeps 15 characters).
-const PROGRAMS: &[&str] = &["kvm_pio", "kvm_mmio", "kvm_userspace_e", "kvm_fpu", "vcpu_of_insn", "vcpu_of_exit", "kvm_exit", "kvm_entry"];
+const PROGRAMS: &[&str] = &["kvm_pio", "kvm_mmio", "kvm_userspace_e", "kvm_fpu", "vcpu_of_insn", "vcpu_of_exit", "kvm_exit", "kvm_entry", "cpu_switch"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -293,7 +293,7 @@ fn hw_and_emulated_programs_pass_the_verifier_and_attach() {
     let o = run(KVMPROF, &["check"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = stdout(&o);
-    assert!(s.contains("hw: loaded and attached to kvm_exit, kvm_exit (raw), kvm_entry (raw), kvm_pio (raw), kvm_mmio (raw)"), "{s}");
+    assert!(s.contains("hw: loaded and attached to kvm_exit, kvm_exit (raw), sched_switch (raw), kvm_entry (raw), kvm_pio (raw), kvm_mmio (raw)"), "{s}");
     assert!(s.contains("emulated: loaded and attached to kvm_emulate_insn"), "{s}");
     assert!(s.lines().any(|l| l == format!("detected source on this host: {}", detect_source().name())), "{s}");
 }

@@ -22,19 +22,20 @@
 //! changed, so a reader in user space would race. See `caller_of`.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
+mod kernel_read;
 mod stack;
 
 use aya_ebpf::{
     bindings::{BPF_F_RDONLY_PROG, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, Queue, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
-    Global,
+    EbpfContext, Global,
 };
 use profiler_common::{
     counter, detail, kvm_exit,
@@ -157,11 +158,11 @@ static GUEST_MEMORY: HashMap<u32, GuestMemMap> =
 // THREADS entry), which only programs running in that thread touch. Map value pointers stay valid for the whole program run (RCU), and
 // the daemon never deletes entries while recording (it reads them after detaching).
 
+/// A field of a classic tracepoint's record, at its offset from this kernel's format file (0
+/// where unreadable; see `kernel_read`).
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: &Global<u32>) -> Option<T> {
-    // SAFETY: a bpf_probe_read_kernel of the tracepoint record at an offset from this
-    // kernel's format file; a wrong offset makes the helper fail (None), it cannot fault.
-    unsafe { ctx.read_at::<T>(offset.load() as usize).ok() }
+fn field<T: Copy>(ctx: &TracePointContext, offset: &Global<u32>) -> T {
+    kernel_read::read::<T>(ctx.as_ptr() as u64, offset.load() as u64)
 }
 
 #[inline(always)]
@@ -177,19 +178,74 @@ fn bump_by(index: u32, n: u64) {
     }
 }
 
-/// The calling thread, if it belongs to the traced process.
+/// The calling thread, if it belongs to the traced process (and recording is on).
 #[inline(always)]
 fn traced_thread() -> Option<Thread> {
     if CONTROL.get(maps::control::RECORDING).copied() != Some(1) {
         return None;
     }
+    current_traced_thread()
+}
+
+/// The traced thread running on each CPU, as its last KVM event found it; tid 0 = unknown.
+/// `cpu_switch` clears a CPU's entry at every context switch there, so a set entry always
+/// names the task running now: the thread the events of an exit, one after another on one
+/// CPU, share without asking the kernel again.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CpuThread {
+    tid: u32,
+    tgid: u32,
+}
+
+/// One slot per CPU (see `CpuThread`). A per-CPU array lookup is inlined by the verifier;
+/// `bpf_get_current_pid_tgid` is a call, ~25 ns here (measured with an empty program and one
+/// with only that call), and the three program runs of every exit each needed one.
+#[map]
+static CPU_THREAD: PerCpuArray<CpuThread> = PerCpuArray::with_max_entries(1, 0);
+
+/// The calling thread if it belongs to the traced process: from this CPU's `CPU_THREAD` entry
+/// when set, else from `bpf_get_current_pid_tgid`, noting a traced thread in the entry.
+#[inline(always)]
+fn current_traced_thread() -> Option<Thread> {
+    let cached = CPU_THREAD.get_ptr_mut(0);
+    if let Some(c) = cached {
+        // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array: programs on one
+        // CPU run one after another (see "one writer"), and `cpu_switch` runs on this CPU too.
+        let c = unsafe { *c };
+        if c.tid != 0 {
+            return Some(Thread { tgid: c.tgid, tid: c.tid });
+        }
+    }
     let id = bpf_get_current_pid_tgid();
     let t = Thread { tgid: (id >> 32) as u32, tid: id as u32 };
     let target = TARGET_TGID.load();
-    if target != 0 && t.tgid != target {
+    if (target != 0 && t.tgid != target) || t.tid == 0 {
         return None;
     }
+    if let Some(c) = cached {
+        // SAFETY: as above.
+        unsafe { *c = CpuThread { tid: t.tid, tgid: t.tgid } };
+    }
     Some(t)
+}
+
+/// Raw `sched_switch(preempt, prev, next, prev_state)`: another task runs on this CPU from now
+/// on, so its `CPU_THREAD` entry no longer names the running task. Attached before, and
+/// detached after, every program that reads the entry. It runs at every context switch on
+/// the machine (~80 ns each under bpf_stats), a few thousand a second against the ~100 000
+/// exits a second of an exit-bound vCPU, each of which it saves three calls.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn cpu_switch(_ctx: RawTracePointContext) -> u32 {
+    if let Some(c) = CPU_THREAD.get_ptr_mut(0) {
+        // SAFETY: as in `current_traced_thread`.
+        unsafe {
+            if (*c).tid != 0 {
+                (*c).tid = 0;
+            }
+        }
+    }
+    0
 }
 
 /// The thread's `THREAD_SLOTS` entry and its index.
@@ -399,11 +455,11 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The u64 at `offset` in the `struct kvm_vcpu` at `vcpu` (see `kernel_read`: any vcpu or
+/// offset is sound; a wrong one reads 0).
 #[inline(always)]
-fn vcpu_field(vcpu: u64, offset: &Global<u32>) -> Option<u64> {
-    // SAFETY: bpf_probe_read_kernel copies into the returned value and reports a bad address
-    // as an error instead of faulting, so any vcpu/offset is sound (a wrong one gives None).
-    unsafe { bpf_probe_read_kernel((vcpu + offset.load() as u64) as *const u64).ok() }
+fn vcpu_field(vcpu: u64, offset: &Global<u32>) -> u64 {
+    kernel_read::read::<u64>(vcpu, offset.load() as u64)
 }
 
 /// Return address in the guest caller of the function that is exiting now, or
@@ -427,16 +483,12 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
     if vcpu == 0 {
         return UNKNOWN_CALLER;
     }
-    let Some((rbp, paging)) = frame_registers(vcpu) else { return UNKNOWN_CALLER };
+    let (rbp, paging) = frame_registers(vcpu);
     // RSP is only a sanity check, and only when KVM says regs[RSP] is current (on VMX/SVM it
     // stays in the VMCS/VMCB unless something asked for it): a frame lies at or above RSP.
-    let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL).unwrap_or(0) as u32;
-    if avail & REGS_AVAIL_RSP != 0 {
-        if let Some(rsp) = vcpu_field(vcpu, &VCPU_RSP) {
-            if rbp < rsp {
-                return UNKNOWN_CALLER;
-            }
-        }
+    let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL) as u32;
+    if avail & REGS_AVAIL_RSP != 0 && rbp < vcpu_field(vcpu, &VCPU_RSP) {
+        return UNKNOWN_CALLER;
     }
     let read = |gpa: u64| -> Option<u64> {
         let hva = mem.host_addr(gpa, 8)?;
@@ -450,17 +502,15 @@ fn caller_of(s: &mut ThreadState, t: &Thread) -> u64 {
 /// The guest's RBP and paging registers, read from `struct kvm_vcpu` at BTF offsets: what
 /// both the caller lookup and the stack walker start from.
 #[inline(always)]
-fn frame_registers(vcpu: u64) -> Option<(u64, Paging)> {
-    let (Some(rbp), Some(cr0), Some(cr3), Some(cr4), Some(efer)) = (
-        vcpu_field(vcpu, &VCPU_RBP),
-        vcpu_field(vcpu, &VCPU_CR0),
-        vcpu_field(vcpu, &VCPU_CR3),
-        vcpu_field(vcpu, &VCPU_CR4),
-        vcpu_field(vcpu, &VCPU_EFER),
-    ) else {
-        return None;
+fn frame_registers(vcpu: u64) -> (u64, Paging) {
+    let rbp = vcpu_field(vcpu, &VCPU_RBP);
+    let paging = Paging {
+        cr0: vcpu_field(vcpu, &VCPU_CR0),
+        cr3: vcpu_field(vcpu, &VCPU_CR3),
+        cr4: vcpu_field(vcpu, &VCPU_CR4),
+        efer: vcpu_field(vcpu, &VCPU_EFER),
     };
-    Some((rbp, Paging { cr0, cr3, cr4, efer }))
+    (rbp, paging)
 }
 
 /// Once per exit, right after it began: fills in its caller.
@@ -492,14 +542,10 @@ static VCPU_SLOT: PerCpuArray<VcpuSlot> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn note_vcpu(vcpu: u64) {
-    let id = bpf_get_current_pid_tgid();
-    let target = TARGET_TGID.load();
-    if target != 0 && (id >> 32) as u32 != target {
-        return;
-    }
+    let Some(t) = current_traced_thread() else { return };
     if let Some(slot) = VCPU_SLOT.get_ptr_mut(0) {
         // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array: one writer.
-        unsafe { *slot = VcpuSlot { tid: id as u32, _pad: 0, vcpu } };
+        unsafe { *slot = VcpuSlot { tid: t.tid, _pad: 0, vcpu } };
     }
 }
 
@@ -507,8 +553,15 @@ fn note_vcpu(vcpu: u64) {
 /// the thread state (the thread moved CPU between the two events). The pointer is constant
 /// for a vCPU thread, so the cache is never stale. With a new vcpu, its emulator context and
 /// `kvm_run` pointers (as constant) are read once into the state too.
+///
+/// Emulated source: once the emulator context is known, the state's copy is the answer. The
+/// daemon detaches `vcpu_of_insn` as soon as every thread's vcpu is known, so the slot would
+/// not change any more anyway: reading it on every exit bought nothing.
 #[inline(always)]
 fn thread_vcpu(s: &mut ThreadState, t: &Thread) -> u64 {
+    if HW_SOURCE.load() == 0 && s.ctxt_ptr != 0 {
+        return s.vcpu_ptr;
+    }
     if let Some(slot) = VCPU_SLOT.get_ptr(0) {
         // SAFETY: a non-null pointer to this CPU's slot (plain integers); nothing else on
         // this CPU writes it while this program runs.
@@ -520,8 +573,8 @@ fn thread_vcpu(s: &mut ThreadState, t: &Thread) -> u64 {
         }
     }
     if s.vcpu_ptr != 0 && s.ctxt_ptr == 0 {
-        s.ctxt_ptr = vcpu_field(s.vcpu_ptr, &VCPU_EMULATE_CTXT).unwrap_or(0);
-        s.run_ptr = vcpu_field(s.vcpu_ptr, &VCPU_RUN).unwrap_or(0);
+        s.ctxt_ptr = vcpu_field(s.vcpu_ptr, &VCPU_EMULATE_CTXT);
+        s.run_ptr = vcpu_field(s.vcpu_ptr, &VCPU_RUN);
     }
     s.vcpu_ptr
 }
@@ -562,19 +615,15 @@ fn insn_rip(s: &ThreadState) -> u64 {
     if ctxt == 0 {
         return 0;
     }
-    let read = |off: &Global<u32>| {
-        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
-        unsafe { bpf_probe_read_kernel((ctxt + off.load() as u64) as *const u64).ok() }
-    };
-    let (Some(eip), Some(ptr)) = (read(&CTXT_EIP), read(&CTXT_FETCH_PTR)) else { return 0 };
+    let read = |off: &Global<u32>| kernel_read::read::<u64>(ctxt, off.load() as u64);
+    let (eip, ptr) = (read(&CTXT_EIP), read(&CTXT_FETCH_PTR));
     let data = ctxt + CTXT_FETCH_DATA.load() as u64;
     let len = ptr.wrapping_sub(data);
     if len > 15 {
         // Not a decoded instruction (x86 instructions are at most 15 bytes).
         return 0;
     }
-    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
-    let mode = unsafe { bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0) };
+    let mode = kernel_read::read::<u32>(ctxt, CTXT_MODE.load() as u64);
     linear(s.vcpu_ptr, mode, eip.wrapping_sub(len))
 }
 
@@ -587,19 +636,12 @@ fn access_rip(s: &ThreadState) -> u64 {
     if ctxt == 0 {
         return 0;
     }
-    let at = ctxt + CTXT_START_EIP.load() as u64;
+    let at = CTXT_START_EIP.load() as u64;
     let (eip, mode) = if CTXT_MODE.load() == CTXT_START_EIP.load() + 8 {
-        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
-        match unsafe { bpf_probe_read_kernel(at as *const [u64; 2]) } {
-            Ok(v) => (v[0], v[1] as u32),
-            Err(_) => return 0,
-        }
+        let v = kernel_read::read::<[u64; 2]>(ctxt, at);
+        (v[0], v[1] as u32)
     } else {
-        // SAFETY: probe reads: a bad address makes the helper fail, it cannot fault.
-        unsafe {
-            let Ok(eip) = bpf_probe_read_kernel(at as *const u64) else { return 0 };
-            (eip, bpf_probe_read_kernel((ctxt + CTXT_MODE.load() as u64) as *const u32).unwrap_or(0))
-        }
+        (kernel_read::read::<u64>(ctxt, at), kernel_read::read::<u32>(ctxt, CTXT_MODE.load() as u64))
     };
     linear(s.vcpu_ptr, mode, eip)
 }
@@ -613,10 +655,16 @@ fn linear(vcpu: u64, mode: u32, rip: u64) -> u64 {
         0
     } else {
         // The kernel's tracepoint stores csbase in a __u32 field: the same truncation here.
-        vcpu_field(vcpu, &VCPU_CS_BASE).unwrap_or(0) as u32 as u64
+        vcpu_field(vcpu, &VCPU_CS_BASE) as u32 as u64
     };
     csbase.wrapping_add(rip)
 }
+
+// `#[inline(always)]` on a program's function (kvm_fpu, kvm_userspace_exit and the hw source's
+// kvm_exit, kvm_entry): without it the compiler may leave the function a BPF-to-BPF call from
+// the program's entry, ~15 ns per run here (examples/bpf_floor.rs). kvm_pio and kvm_mmio keep
+// that call: inlined, the compiler stores the undefined payload of a `None` exit record, and
+// the verifier rejects the read of a register never written.
 
 /// Raw `kvm_pio(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
 /// const void *data)`.
@@ -662,6 +710,7 @@ fn access(t: Thread, kind: u8, addr: u64) {
 /// KVM_RUN return is handled at `kvm_fpu` unload, which fires just before this event; only a
 /// return whose `kvm_run` it could not read is left to this program, which has the reason.
 #[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
+#[inline(always)]
 pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     let reason = kvm_exit::userspace_exit_reason(ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
@@ -686,6 +735,7 @@ pub fn kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
 /// and it fires at every return too, so one program run per exit is saved (~60 ns here). What
 /// `kvm_userspace_exit` has as arguments is read from the vcpu's `struct kvm_run` instead.
 #[raw_tracepoint(tracepoint = "kvm_fpu")]
+#[inline(always)]
 pub fn kvm_fpu(ctx: RawTracePointContext) -> u32 {
     let load = ctx.arg::<u64>(0) as u32 != 0;
     let Some(t) = traced_thread() else { return 0 };
@@ -717,8 +767,7 @@ fn run_return(s: &mut ThreadState, t: Thread) {
     }
     // kvm_run bytes 0..40: immediate_exit (1), exit_reason (8), io (32: { u8 direction; u8
     // size; u16 port; u32 count }), little-endian, in one probe read.
-    // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
-    let Ok(r) = (unsafe { bpf_probe_read_kernel(run as *const [u64; 5]) }) else { return };
+    let r = kernel_read::read::<[u64; 5]>(run, 0);
     let immediate_exit = (r[(KVM_RUN_IMMEDIATE_EXIT / 8) as usize] >> (8 * (KVM_RUN_IMMEDIATE_EXIT % 8))) as u8;
     let exit_reason = (r[(KVM_RUN_EXIT_REASON / 8) as usize] >> (8 * (KVM_RUN_EXIT_REASON % 8))) as u32;
     let io = (r[(KVM_RUN_IO / 8) as usize] >> (8 * (KVM_RUN_IO % 8))) as u32;
@@ -731,9 +780,8 @@ fn run_return(s: &mut ThreadState, t: Thread) {
     }
     // Not a KVM_RUN return at all: the FPU put back after an ioctl that loaded it (xstate MSRs).
     if immediate_exit == 0 && VCPU_WANTS_TO_RUN.load() != NO_OFFSET {
-        // SAFETY: a probe read: a bad address makes the helper fail, it cannot fault.
-        let wants = unsafe { bpf_probe_read_kernel((s.vcpu_ptr + VCPU_WANTS_TO_RUN.load() as u64) as *const u8) };
-        if wants == Ok(0) {
+        let wants = kernel_read::read::<u8>(s.vcpu_ptr, VCPU_WANTS_TO_RUN.load() as u64);
+        if wants == 0 {
             return;
         }
     }
@@ -747,12 +795,13 @@ fn run_return(s: &mut ThreadState, t: Thread) {
 // ---- hw source ----
 
 #[tracepoint]
+#[inline(always)]
 pub fn kvm_exit(ctx: TracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
-    let reason = field::<u32>(&ctx, &EXIT_REASON).unwrap_or(0);
-    let rip = field::<u64>(&ctx, &EXIT_GUEST_RIP).unwrap_or(0);
-    let isa = field::<u32>(&ctx, &EXIT_ISA).unwrap_or(0) as u8;
-    let vcpu = field::<u32>(&ctx, &EXIT_VCPU_ID).unwrap_or(0);
+    let reason = field::<u32>(&ctx, &EXIT_REASON);
+    let rip = field::<u64>(&ctx, &EXIT_GUEST_RIP);
+    let isa = field::<u32>(&ctx, &EXIT_ISA) as u8;
+    let vcpu = field::<u32>(&ctx, &EXIT_VCPU_ID);
     if let Some(s) = thread_state(&t) {
         let done = s.on_hw_exit(now(), t, vcpu, isa, reason, rip);
         charge_exit(s, done);
@@ -768,6 +817,7 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 /// the guest RIP and exit reason live in the VMCS, which only the event's own TP_fast_assign
 /// (`kvm_rip_read`, `get_exit_info`: VMREADs) can read; a BPF program cannot.
 #[raw_tracepoint(tracepoint = "kvm_entry")]
+#[inline(always)]
 pub fn kvm_entry(_ctx: RawTracePointContext) -> u32 {
     let Some(t) = traced_thread() else { return 0 };
     if let Some(s) = known_thread_state(&t) {

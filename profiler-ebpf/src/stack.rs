@@ -74,11 +74,11 @@ pub fn attribute_stack(s: &mut ThreadState, t: &Thread) {
     // SAFETY: as in `caller_of`: a torn GUEST_MEMORY value only yields wrong addresses for
     // bpf_probe_read_user, which cannot fault.
     let Some(mem) = (unsafe { GUEST_MEMORY.get(t.tgid) }) else { return };
-    let Some((rbp, paging)) = frame_registers(vcpu) else { return };
+    let (rbp, paging) = frame_registers(vcpu);
     // RSP only when KVM says regs[RSP] is current (see `caller_of`); without it the walk
     // starts by the frame pointer.
-    let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL).unwrap_or(0) as u32;
-    let rsp = if avail & REGS_AVAIL_RSP != 0 { vcpu_field(vcpu, &VCPU_RSP).unwrap_or(0) } else { 0 };
+    let avail = vcpu_field(vcpu, &VCPU_REGS_AVAIL) as u32;
+    let rsp = if avail & REGS_AVAIL_RSP != 0 { vcpu_field(vcpu, &VCPU_RSP) } else { 0 };
     let Some(out) = STACK_SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: a non-null pointer to this CPU's scratch slot: one writer (see main.rs).
     let out = unsafe { &mut *out };

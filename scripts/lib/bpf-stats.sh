@@ -4,7 +4,7 @@
 
 # kvmprof's programs as bpftool names them (the kernel keeps the first 15 characters of a name),
 # for the scripts' Python, which reads it from the environment.
-export KVMPROF_PROGS="kvm_pio kvm_mmio kvm_userspace_e kvm_fpu vcpu_of_insn"
+export KVMPROF_PROGS="kvm_pio kvm_mmio kvm_userspace_e kvm_fpu vcpu_of_insn cpu_switch"
 
 # Turns bpf_stats on. Call bpf_stats_restore from the script's EXIT trap: it puts back the value
 # bpf_stats_on found (and does nothing if bpf_stats_on never ran).

@@ -14,7 +14,9 @@ pub enum CheckSource {
 
 #[derive(clap::Args)]
 #[command(after_help = "Loads each program set through the kernel's verifier and attaches it to its \
-tracepoints, then detaches. Needs root. Prints which exit source this host uses.")]
+tracepoints, then detaches. Needs root. Prints which exit source this host uses, and how the \
+programs read kernel memory: direct loads where the verifier casts with bpf_rdonly_cast, else \
+bpf_probe_read_kernel (KVMPROF_HELPER_READS=1 forces the latter).")]
 pub struct CheckArgs {
     /// Which program set to load and attach.
     #[arg(long, value_enum, default_value = "all")]
@@ -34,5 +36,7 @@ pub fn run(a: CheckArgs) -> Result<i32> {
         println!("{}: loaded and attached to {}", s.name(), s.attach_points().join(", "));
     }
     println!("detected source on this host: {}", detect_source().name());
+    let btf = live::btf::Btf::from_file(std::path::Path::new(live::btf::VMLINUX_BTF))?;
+    println!("kernel memory reads: {}", live::kfunc::KernelReads::detect(&btf).describe());
     Ok(0)
 }

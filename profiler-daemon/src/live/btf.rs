@@ -20,6 +20,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -120,6 +121,11 @@ impl Btf {
             .position(|t| t.kind == KIND_STRUCT && self.name(t.name) == name.as_bytes() && !t.members.is_empty())
             .map(|i| i as u32)
             .with_context(|| format!("the kernel's BTF has no struct {name}"))
+    }
+
+    /// The id of function `name` (a kfunc, say), if the kernel's BTF has it.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types.iter().position(|t| t.kind == KIND_FUNC && self.name(t.name) == name.as_bytes()).map(|i| i as u32)
     }
 
     /// Follows typedefs and qualifiers.

@@ -27,6 +27,11 @@ pub enum LiveError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot prepare the eBPF object for this kernel")]
+    Object {
+        #[source]
+        source: BoxError,
+    },
     #[error("the eBPF object has no {kind} {name}: it does not match this kvmprof (rebuild)")]
     MissingInObject { kind: &'static str, name: &'static str },
     #[error("the eBPF map {map} has an unexpected type")]

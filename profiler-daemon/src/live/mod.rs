@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod command;
 mod error;
 pub mod guest_memory;
+pub mod kfunc;
 pub mod qemu_memory;
 pub mod record;
 pub mod session;

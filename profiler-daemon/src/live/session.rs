@@ -14,6 +14,7 @@ use profiler_common::runs::{RunKey, RunStats, DEFAULT_MAX_GAP_NS_EMULATED, DEFAU
 use profiler_common::{counter, globals, maps, CountTime, ExitKey, ExitRecord, ExitStats, RecordBatch, ThreadSlot, ThreadState, FIELD_GLOBALS};
 
 use super::error::LiveError;
+use super::kfunc::{self, KernelReads};
 use super::targets::thread_alive;
 use super::tracefs::EventFormat;
 use crate::model::aggregate::Aggregate;
@@ -49,11 +50,13 @@ impl SourcePrograms for Source {
     }
 
     fn raw_programs(self) -> &'static [(&'static str, &'static str)] {
+        // cpu_switch first: the others may trust a CPU's CPU_THREAD entry only while every
+        // context switch clears it (see the eBPF `cpu_switch`).
         match self {
-            Source::Hw => &[("kvm_entry", "kvm_entry"), ("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
+            Source::Hw => &[CPU_SWITCH, ("kvm_entry", "kvm_entry"), ("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio")],
             // kvm_fpu: re-entry (load) and every KVM_RUN return (unload), which takes the
             // place of kvm_userspace_exit (see the eBPF `kvm_fpu`).
-            Source::Emulated => &[("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio"), ("kvm_fpu", "kvm_fpu")],
+            Source::Emulated => &[CPU_SWITCH, ("kvm_pio", "kvm_pio"), ("kvm_mmio", "kvm_mmio"), ("kvm_fpu", "kvm_fpu")],
         }
     }
 
@@ -76,6 +79,9 @@ impl SourcePrograms for Source {
         v
     }
 }
+
+/// The program that keeps each CPU's running traced thread current, and its raw tracepoint.
+const CPU_SWITCH: (&str, &str) = ("cpu_switch", "sched_switch");
 
 /// The program (and raw tracepoint) that hands a KVM_RUN return's reason to the emulated
 /// source while a vCPU's `kvm_run` is not known (maps::control::USERSPACE_EXIT_ATTACHED).
@@ -241,9 +247,14 @@ impl Session {
         let hw = (cfg.source == Source::Hw) as u8;
         let stream = cfg.records as u8;
         let stack_globals = super::stacks::globals_of(stacks);
+        let kbtf = super::btf::Btf::from_file(Path::new(super::btf::VMLINUX_BTF)).map_err(kernel_fact("cannot read the kernel's BTF"))?;
+        let reads = KernelReads::detect(&kbtf);
+        let direct_reads = reads.global();
+        let object = kfunc::rewrite(EBPF_OBJECT, reads).map_err(|e| LiveError::Object { source: e.into() })?;
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::TARGET_TGID, &target_tgid, true)
+            .override_global(globals::DIRECT_READS, &direct_reads, true)
             .override_global(globals::STREAM_RECORDS, &stream, true)
             .override_global(globals::HW_SOURCE, &hw, true)
             .override_global(globals::MAX_GAP_NS, &max_gap_ns, true);
@@ -251,7 +262,6 @@ impl Session {
             loader.override_global(name, off, true);
         }
         // struct kvm_vcpu offsets from this kernel's BTF (see profiler_common::VCPU_GLOBALS).
-        let kbtf = super::btf::Btf::from_file(Path::new(super::btf::VMLINUX_BTF)).map_err(kernel_fact("cannot read the kernel's BTF"))?;
         let vcpu_offsets = super::btf::vcpu_offsets(&kbtf).map_err(kernel_fact("caller attribution needs struct kvm_vcpu in the kernel's BTF"))?;
         for (name, off) in &vcpu_offsets {
             loader.override_global(name, off, true);
@@ -270,7 +280,7 @@ impl Session {
             loader.map_max_entries(maps::RECORDS, bytes);
         }
         super::stacks::configure(&mut loader, &stack_globals);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| LiveError::Load { source })?;
+        let mut ebpf = loader.load(object.bytes()).map_err(|source| LiveError::Load { source })?;
         let stack_map = super::stacks::open(&mut ebpf, stacks)?;
 
         for tp in cfg.source.tracepoints() {
