@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command};
 
 use common::*;
 use profiler_daemon::model::recording;
@@ -15,17 +15,9 @@ const OTHER_OUTS: u32 = 30_000;
 
 /// `taskset -c 0 kvm-exit-loop --wait-for-go --outs N --out-port PORT`, once it said `ready`.
 fn pinned_guest(outs: u32, port: &str) -> (Child, BufReader<ChildStdout>) {
-    let mut vm = Command::new("taskset")
-        .args(["-c", "0", &exit_loop(), "--wait-for-go", "--outs", &outs.to_string(), "--out-port", port])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("taskset kvm-exit-loop");
-    let mut out = BufReader::new(vm.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "kvm-exit-loop said {line:?}");
-    (vm, out)
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", &exit_loop(), "--wait-for-go", "--outs", &outs.to_string(), "--out-port", port]);
+    spawn_ready(cmd)
 }
 
 #[test]
@@ -36,17 +28,8 @@ fn two_guests_sharing_a_cpu_keep_their_own_exits() {
     let (mut traced, mut traced_out) = pinned_guest(TRACED_OUTS, "0x80");
     let (mut other, mut other_out) = pinned_guest(OTHER_OUTS, "0x84");
 
-    let mut rec = Command::new(KVMPROF)
-        .args(["record", "-o", path_str(&file), "--pid", &traced.id().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut rec_err = BufReader::new(rec.stderr.take().unwrap());
+    let (mut rec, rec_err) = start_record(&["record", "-o", path_str(&file), "--pid", &traced.id().to_string()]);
     let mut line = String::new();
-    rec_err.read_line(&mut line).unwrap();
-    assert!(line.starts_with("kvmprof: recording "), "{line}");
 
     // Both start together, so their vCPU threads interleave on CPU 0 for the whole run.
     writeln!(traced.stdin.take().unwrap(), "go").unwrap();
@@ -58,9 +41,7 @@ fn two_guests_sharing_a_cpu_keep_their_own_exits() {
         assert_eq!(json(&line)["stats"]["outs"], outs as u64, "{line}");
     }
     let status = rec.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut rec_err, &mut rest).unwrap();
-    assert!(status.success(), "record failed: {rest}");
+    assert!(status.success(), "record failed: {}", rest(rec_err));
 
     let p = recording::load(&file).unwrap();
     let port_outs = |port: u16| -> u64 {

@@ -29,29 +29,10 @@ fn long_mode_outs_are_counted_exactly_at_the_64_bit_out() {
 
     let dir = tmpdir();
     let out = dir.path().join("long.kvmprof");
-    let mut vm = Command::new(exit_loop())
-        .args(["--long-mode", "--outs", &OUTS.to_string(), "--wait-for-go"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kvm-exit-loop");
-    let mut vm_out = BufReader::new(vm.stdout.take().unwrap());
+    let (mut vm, mut vm_out) = exit_loop_ready(&["--long-mode", "--outs", &OUTS.to_string()]);
     let mut line = String::new();
-    vm_out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "kvm-exit-loop said {line:?}");
 
-    let pid = vm.id().to_string();
-    let mut rec = Command::new(KVMPROF)
-        .args(["record", "-o", path_str(&out), "--pid", &pid])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut rec_err = BufReader::new(rec.stderr.take().unwrap());
-    line.clear();
-    rec_err.read_line(&mut line).unwrap();
-    assert!(line.starts_with("kvmprof: recording "), "{line}");
+    let (mut rec, rec_err) = start_record(&["record", "-o", path_str(&out), "--pid", &vm.id().to_string()]);
 
     writeln!(vm.stdin.take().unwrap(), "go").unwrap();
     line.clear();
@@ -63,9 +44,7 @@ fn long_mode_outs_are_counted_exactly_at_the_64_bit_out() {
     assert_eq!(printed["stats"]["outs"], OUTS as u64);
 
     let status = rec.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut rec_err, &mut rest).unwrap();
-    assert!(status.success(), "record failed: {rest}");
+    assert!(status.success(), "record failed: {}", rest(rec_err));
 
     let fin = recording::load(&out).unwrap();
     assert_eq!((fin.meta.exit_keys_full, fin.meta.threads_full), (0, 0), "nothing lost: {:?}", fin.meta);

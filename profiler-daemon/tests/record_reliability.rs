@@ -171,22 +171,6 @@ fn long_vm() -> Child {
     child
 }
 
-/// Starts `kvmprof ARGS` and waits for its "recording ..." line (the programs are attached).
-fn start_record(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
-    let mut c = Command::new(KVMPROF).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut err = BufReader::new(c.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.starts_with("kvmprof: recording "), "{line}");
-    (c, err)
-}
-
-fn rest(mut r: BufReader<ChildStderr>) -> String {
-    let mut s = String::new();
-    let _ = std::io::Read::read_to_string(&mut r, &mut s);
-    s
-}
-
 #[test]
 fn the_followed_vmm_killed_mid_recording_ends_the_recording_with_one_line() {
     require_live();

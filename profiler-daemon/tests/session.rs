@@ -112,16 +112,8 @@ fn a_host_wide_session_picks_up_a_vm_started_later_and_marks_its_thread_ended() 
 
 /// Runs `kvm-exit-loop --port-sweep` over `ports` ports under a session: the final profile.
 fn sweep(ports: u32) -> Profile {
-    let mut child = Command::new(exit_loop())
-        .args(["--port-sweep", "--outs", &ports.to_string(), "--out-port", "0x0", "--wait-for-go"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kvm-exit-loop");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    // `_stdout` stays open: the guest prints its stats there when it halts.
+    let (mut child, _stdout) = exit_loop_ready(&["--port-sweep", "--outs", &ports.to_string(), "--out-port", "0x0"]);
     let session = start(Target::Process(child.id()));
     writeln!(child.stdin.take().unwrap(), "go").unwrap();
     assert!(child.wait().unwrap().success());

@@ -1,7 +1,8 @@
 //! Helpers shared by the daemon's integration tests.
 #![allow(dead_code)]
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Output, Stdio};
 
 pub const KVMPROF: &str = env!("CARGO_BIN_EXE_kvmprof");
 /// The calibration guest's binary (package kvm-exit-loop), built beside kvmprof by the README's
@@ -115,4 +116,41 @@ pub fn hlt_reason() -> &'static str {
 /// Whether the tracepoints name the vCPU on this host's source (`kvm_exit`'s vcpu_id on `hw`).
 pub fn source_names_vcpu() -> bool {
     profiler_daemon::live::detect_source() == profiler_daemon::model::Source::Hw
+}
+
+/// Starts `cmd` (a `kvm-exit-loop ... --wait-for-go`, maybe behind a wrapper such as `taskset`)
+/// with piped stdin and stdout and waits for its `ready`: the VM exists, its guest has not run.
+/// Write a line to the child's stdin to start it; its stdout is returned for its later lines.
+pub fn spawn_ready(mut cmd: Command) -> (Child, BufReader<ChildStdout>) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("kvm-exit-loop");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "kvm-exit-loop said {line:?}");
+    (child, out)
+}
+
+/// `kvm-exit-loop ARGS --wait-for-go`, once it said `ready` (see [`spawn_ready`]).
+pub fn exit_loop_ready(args: &[&str]) -> (Child, BufReader<ChildStdout>) {
+    let mut cmd = Command::new(exit_loop());
+    cmd.args(args).arg("--wait-for-go");
+    spawn_ready(cmd)
+}
+
+/// Starts `kvmprof ARGS` and waits for its "recording ..." line (the programs are attached).
+/// Its stderr is returned for the rest (see [`rest`]).
+pub fn start_record(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
+    let mut c = Command::new(KVMPROF).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(c.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("kvmprof: recording "), "{line}");
+    (c, err)
+}
+
+/// What is left to read of a child's stderr.
+pub fn rest(mut r: BufReader<ChildStderr>) -> String {
+    let mut s = String::new();
+    let _ = std::io::Read::read_to_string(&mut r, &mut s);
+    s
 }
