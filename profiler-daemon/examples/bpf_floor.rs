@@ -9,11 +9,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use profiler_daemon::live::kfunc::{load_raw_tracepoint_program, Insn};
 
-/// One instruction: opcode, dst | src << 4, offset, immediate.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn(u8, u8, i16, i32);
 
 const EXIT: Insn = Insn(0x95, 0, 0, 0);
 const R0_ZERO: Insn = Insn(0xb7, 0, 0, 0);
@@ -75,17 +72,11 @@ fn bpf(cmd: libc::c_long, attr: &[u64]) -> Result<RawFd> {
 
 /// Loads `insns` as a raw tracepoint program and attaches it to `kvm_pio`: (program, link).
 fn attach(insns: &[Insn]) -> Result<(OwnedFd, OwnedFd)> {
-    const PROG_LOAD: libc::c_long = 5;
     const RAW_TRACEPOINT_OPEN: libc::c_long = 17;
-    const RAW_TRACEPOINT: u64 = 17;
-    let license = c"GPL";
-    // prog_type | insn_cnt << 32, insns, license (the rest zero).
-    let load = [RAW_TRACEPOINT | (insns.len() as u64) << 32, insns.as_ptr() as u64, license.as_ptr() as u64, 0, 0, 0, 0, 0];
-    // SAFETY: fresh descriptors from the kernel, owned by nobody else.
-    let prog = unsafe { OwnedFd::from_raw_fd(bpf(PROG_LOAD, &load).context("loading a probe program")?) };
+    let prog = load_raw_tracepoint_program(insns).context("loading a probe program")?;
     let tracepoint = c"kvm_pio";
     let open = [tracepoint.as_ptr() as u64, std::os::fd::AsRawFd::as_raw_fd(&prog) as u64, 0, 0];
-    // SAFETY: as above.
+    // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
     let link = unsafe { OwnedFd::from_raw_fd(bpf(RAW_TRACEPOINT_OPEN, &open).context("attaching to kvm_pio")?) };
     Ok((prog, link))
 }

@@ -127,23 +127,6 @@ fn placeholder_call() -> [u8; 8] {
 /// True when the verifier accepts a raw tracepoint program that casts an address to `void`
 /// with `bpf_rdonly_cast` (kfunc `cast_id`) and loads from it at an offset.
 fn void_cast_loads(cast_id: u32) -> bool {
-    #[repr(C)]
-    struct Insn(u8, u8, i16, i32);
-    // The start of `union bpf_attr` for BPF_PROG_LOAD; the kernel zero-fills the rest.
-    #[repr(C)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-    }
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
     let insns = [
         Insn(0x79, 0x11, 0, 0),              // r1 = *(u64 *)(r1 + 0): the first argument
         Insn(0xb7, 0x02, 0, 0),              // r2 = 0: type id void
@@ -152,27 +135,38 @@ fn void_cast_loads(cast_id: u32) -> bool {
         Insn(0xb7, 0x00, 0, 0),              // r0 = 0
         Insn(0x95, 0x00, 0, 0),              // exit
     ];
+    load_raw_tracepoint_program(&insns).is_ok()
+}
+
+/// One eBPF instruction as the kernel reads it: opcode, dst | src << 4, offset, immediate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Insn(pub u8, pub u8, pub i16, pub i32);
+
+/// Loads `insns` as a GPL raw tracepoint program by the bare `BPF_PROG_LOAD` (no object, no
+/// log): for probes of what this kernel's verifier accepts (here) and what a program costs
+/// (`examples/bpf_floor.rs`). The error is the syscall's.
+pub fn load_raw_tracepoint_program(insns: &[Insn]) -> std::io::Result<OwnedFd> {
+    // The start of `union bpf_attr` for BPF_PROG_LOAD; the kernel zero-fills the rest.
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
     let license = c"GPL";
-    let attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-    };
+    let attr = ProgLoad { prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT, insn_cnt: insns.len() as u32, insns: insns.as_ptr() as u64, license: license.as_ptr() as u64 };
     // SAFETY: BPF_PROG_LOAD reads `size_of::<ProgLoad>()` bytes of `attr`, which points at
     // the instructions and the license string, all alive until the call returns.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoad, std::mem::size_of::<ProgLoad>()) };
     if fd < 0 {
-        return false;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a file descriptor the kernel just returned to this process, owned by nobody else.
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    true
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]
